@@ -1,0 +1,1 @@
+"""The ``awqinfer`` command line."""

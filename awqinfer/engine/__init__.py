@@ -1,0 +1,1 @@
+"""The engine: checkpoint -> weights -> forward -> logits -> sampler -> tokens -> text."""

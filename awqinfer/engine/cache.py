@@ -1,0 +1,42 @@
+"""The KV cache of one sequence: preallocated, explicit, its fill level is the position."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from .config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer for up to ``capacity`` positions.
+
+    k, v: (n_layers, kv_heads, capacity, head_dim) f32. ``pos`` is how many
+    positions are filled; ``forward`` writes the new tokens at pos.. and advances it.
+    """
+
+    def __init__(self, config: ModelConfig, capacity: int):
+        limit = max_context(config)
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or not 1 <= capacity <= limit:
+            raise InputError(f"cache size must be an integer in 1..{limit} (the model's context), got {capacity!r}")
+        shape = (config.num_hidden_layers, config.num_key_value_heads, int(capacity), config.head_dim)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.capacity = int(capacity)
+        self.pos = 0
+
+    @property
+    def free(self) -> int:
+        """Positions still free."""
+        return self.capacity - self.pos
+
+    def reset(self) -> None:
+        """Forget the sequence (the buffers are reused)."""
+        self.pos = 0
+
+
+def max_context(config: ModelConfig) -> int:
+    """The longest sequence the model supports: its trained context, extended by dynamic RoPE."""
+    if config.rope.type == "dynamic":
+        return int(config.max_position_embeddings * config.rope.factor)
+    return config.max_position_embeddings

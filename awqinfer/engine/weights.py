@@ -1,0 +1,254 @@
+"""Validated model weights: the only module that knows Hugging Face tensor names.
+
+Every tensor is checked (present, shape, dtype) before a kernel sees it, and
+every tensor in the checkpoint must be used: a stray name means the checkpoint
+is not what config.json claims.
+
+Linear layers are drop-in objects with one call, ``y = linear(x)``, whatever
+their format (dense fp32, AWQ 4-bit, int8), so the forward pass never branches
+on format. Within a layer q/k/v are fused into one ``qkv`` matrix and
+gate/up into one ``gate_up`` (they share an input). Across layers each
+projection is stored stacked, ``(n_layers, ...)``, and each layer holds views
+into the stack: a compiled decode step can take all layers in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..kernels.awq import awq_gemm, awq_gemv, to_kernel_layout
+from ..kernels.dense import dense_gemm, dense_gemv
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some exports carry; recomputed from config
+
+
+class Linear:
+    """y = x @ W^T + b for x (T, K) f32 -> (T, N) f32; subclasses supply the two kernels."""
+
+    bias: np.ndarray | None  # (N,) f32
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], self.out_features), np.float32)
+        if x.shape[0] == 1:
+            self.gemv(x[0], out[0])
+        else:
+            self.gemm(x, out)
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+
+@dataclass
+class DenseLinear(Linear):
+    """Float weights, converted to f32 at load (Numba has no CPU float16)."""
+
+    weight: np.ndarray  # (N, K) f32
+    bias: np.ndarray | None = None  # (N,) f32
+
+    out_features = property(lambda self: self.weight.shape[0])
+    in_features = property(lambda self: self.weight.shape[1])
+
+    def gemv(self, x, out):
+        dense_gemv(x, self.weight, out)
+
+    def gemm(self, x, out):
+        dense_gemm(x, self.weight, out)
+
+
+@dataclass
+class AwqLinear(Linear):
+    """AWQ 4-bit weights in the kernel layout (see kernels/awq.py)."""
+
+    qweight: np.ndarray  # (N, K/8) int32
+    scales: np.ndarray  # (N, G) f32
+    szeros: np.ndarray  # (N, G) f32, scale * zero
+    bias: np.ndarray | None = None  # (N,) f32
+
+    out_features = property(lambda self: self.qweight.shape[0])
+    in_features = property(lambda self: self.qweight.shape[1] * 8)
+
+    @property
+    def group_size(self) -> int:
+        return self.in_features // self.scales.shape[1]
+
+    def gemv(self, x, out):
+        awq_gemv(x, self.qweight, self.scales, self.szeros, out)
+
+    def gemm(self, x, out):
+        awq_gemm(x, self.qweight, self.scales, self.szeros, out)
+
+
+@dataclass
+class Embedding:
+    """Token embeddings, left memory-mapped in the file's dtype; rows widened to f32 on lookup."""
+
+    table: np.ndarray  # (V, H) f32, f16, or bf16 as uint16
+    bf16: bool = False
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.asarray(self.table[ids])
+        if self.bf16:
+            return (rows.astype(np.uint32) << 16).view(np.float32)
+        return rows.astype(np.float32)
+
+    def to_float32(self) -> np.ndarray:
+        """The whole table as f32 (V, H), for a tied lm_head."""
+        return self(np.arange(self.table.shape[0]))
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer; every array is a view into the per-projection stacks."""
+
+    input_norm: np.ndarray  # (H,) f32
+    qkv: Linear  # H -> (n_heads + 2 kv_heads) * head_dim
+    o_proj: Linear  # n_heads * head_dim -> H
+    post_norm: np.ndarray  # (H,) f32
+    gate_up: Linear  # H -> 2 * I
+    down_proj: Linear  # I -> H
+
+
+@dataclass
+class ModelWeights:
+    """Everything the forward pass reads."""
+
+    embed: Embedding
+    layers: list[LayerWeights]
+    norm: np.ndarray  # (H,) f32
+    lm_head: Linear  # H -> V
+    stacks: dict[str, list[Linear]] = field(default_factory=dict)  # projection -> per-layer linears
+
+
+class _Loader:
+    """Reads tensors by HF name, checking each against the shape the config implies."""
+
+    def __init__(self, ckpt: Checkpoint, config: ModelConfig):
+        self.ckpt, self.config, self.used = ckpt, config, set()
+
+    def tensor(self, name: str, shape: tuple, dtypes: tuple) -> np.ndarray:
+        info = self.ckpt.info(name)
+        if info.dtype not in dtypes:
+            raise CheckpointError(f"{info.path}: tensor {name!r} has dtype {info.dtype}, expected {' or '.join(dtypes)}")
+        if tuple(info.shape) != tuple(shape):
+            raise CheckpointError(f"{info.path}: tensor {name!r} has shape {tuple(info.shape)}, expected {tuple(shape)}")
+        self.used.add(name)
+        return self.ckpt.get(name)
+
+    def float32(self, name: str, shape: tuple) -> np.ndarray:
+        self.tensor(name, shape, FLOAT_DTYPES)
+        out = self.ckpt.to_float32(name)
+        self.ckpt.release(name)
+        return out
+
+    def is_quantized(self, module: str) -> bool:
+        q = self.config.quant
+        return q is not None and q.quantizes(module)
+
+    def projection(self, parts: list[tuple[str, int]], in_features: int, bias: bool) -> list[Linear]:
+        """Load one projection of every layer, fusing ``parts`` (suffix, out_features) along N.
+
+        Returns one Linear per layer, each a view into stacked (n_layers, ...) arrays.
+        """
+        L = self.config.num_hidden_layers
+        modules = [[f"model.layers.{l}.{suffix}" for suffix, _ in parts] for l in range(L)]
+        quantized = {self.is_quantized(m) for row in modules for m in row}
+        if len(quantized) > 1:
+            names = ", ".join(suffix for suffix, _ in parts)
+            raise CheckpointError(
+                f"{self.ckpt.directory}: modules_to_not_convert leaves only some of {names} quantized; "
+                "awqinfer needs one format per projection across layers"
+            )
+        n_total = sum(n for _, n in parts)
+        offsets = np.cumsum([0] + [n for _, n in parts])
+        biases = np.empty((L, n_total), np.float32) if bias else None
+        if quantized.pop():
+            g = self.config.quant.group_size
+            if in_features % g:
+                raise CheckpointError(
+                    f"{self.ckpt.directory}: AWQ group_size {g} does not divide in_features {in_features} "
+                    f"of {modules[0][0]}"
+                )
+            groups = in_features // g
+            qweight = np.empty((L, n_total, in_features // 8), np.int32)
+            scales = np.empty((L, n_total, groups), np.float32)
+            szeros = np.empty((L, n_total, groups), np.float32)
+            for l, row in enumerate(modules):
+                for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
+                    if n % 8:
+                        raise CheckpointError(f"{m}: AWQ needs out_features divisible by 8, got {n}")
+                    to_kernel_layout(
+                        self.tensor(f"{m}.qweight", (in_features, n // 8), ("I32",)),
+                        self.tensor(f"{m}.qzeros", (groups, n // 8), ("I32",)),
+                        self.tensor(f"{m}.scales", (groups, n), FLOAT_DTYPES),
+                        qweight[l, lo:hi], scales[l, lo:hi], szeros[l, lo:hi],
+                    )
+                    for suffix in ("qweight", "qzeros", "scales"):
+                        self.ckpt.release(f"{m}.{suffix}")
+            make = lambda l: AwqLinear(qweight[l], scales[l], szeros[l])
+        else:
+            weight = np.empty((L, n_total, in_features), np.float32)
+            for l, row in enumerate(modules):
+                for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
+                    weight[l, lo:hi] = self.float32(f"{m}.weight", (n, in_features))
+            make = lambda l: DenseLinear(weight[l])
+        linears = []
+        for l, row in enumerate(modules):
+            linear = make(l)
+            if bias:
+                for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
+                    biases[l, lo:hi] = self.float32(f"{m}.bias", (n,))
+                linear.bias = biases[l]
+            linears.append(linear)
+        return linears
+
+
+def load_weights(ckpt: Checkpoint, config: ModelConfig) -> ModelWeights:
+    """Read, check and lay out every weight of a Llama/Qwen2 checkpoint."""
+    c = config
+    ld = _Loader(ckpt, c)
+    H, I, V, L = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
+
+    embed_raw = ld.tensor("model.embed_tokens.weight", (V, H), FLOAT_DTYPES)
+    embed = Embedding(embed_raw, bf16=ckpt.info("model.embed_tokens.weight").dtype == "BF16")
+
+    stacks = {
+        "qkv": ld.projection(
+            [("self_attn.q_proj", c.q_size), ("self_attn.k_proj", c.kv_size), ("self_attn.v_proj", c.kv_size)],
+            H, c.attention_bias,
+        ),
+        "o_proj": ld.projection([("self_attn.o_proj", H)], c.q_size, c.o_bias),
+        "gate_up": ld.projection([("mlp.gate_proj", I), ("mlp.up_proj", I)], H, c.mlp_bias),
+        "down_proj": ld.projection([("mlp.down_proj", H)], I, c.mlp_bias),
+    }
+    norms = np.empty((L, 2, H), np.float32)
+    for l in range(L):
+        norms[l, 0] = ld.float32(f"model.layers.{l}.input_layernorm.weight", (H,))
+        norms[l, 1] = ld.float32(f"model.layers.{l}.post_attention_layernorm.weight", (H,))
+    layers = [
+        LayerWeights(norms[l, 0], stacks["qkv"][l], stacks["o_proj"][l], norms[l, 1],
+                     stacks["gate_up"][l], stacks["down_proj"][l])
+        for l in range(L)
+    ]
+    norm = ld.float32("model.norm.weight", (H,))
+
+    if c.tie_word_embeddings:
+        lm_head = DenseLinear(embed.to_float32())
+        if "lm_head.weight" in ckpt:  # some exports store the tied copy too
+            ld.tensor("lm_head.weight", (V, H), FLOAT_DTYPES)
+    else:  # AutoAWQ quantizes decoder layers only: lm_head stays a float weight
+        lm_head = DenseLinear(ld.float32("lm_head.weight", (V, H)))
+
+    unknown = sorted(n for n in ckpt.tensors if n not in ld.used and not n.endswith(IGNORED_SUFFIXES))
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise CheckpointError(
+            f"{ckpt.info(unknown[0]).path}: unknown tensor(s) {', '.join(map(repr, unknown[:5]))}{more} "
+            f"for {c.architecture} as configured"
+        )
+    return ModelWeights(embed, layers, norm, lm_head, stacks)

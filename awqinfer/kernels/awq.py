@@ -1,0 +1,143 @@
+"""AWQ 4-bit weights: the checkpoint layout, the kernel layout, and the matmuls.
+
+On disk (AutoAWQ "gemm", written by ``awq/modules/linear/gemm.py`` and read back
+by ``awq/utils/packing_utils.py``: ``unpack_awq`` + ``reverse_awq_order``):
+
+    qweight  int32 [K, N/8]   8 nibbles per word, packed along the output dim N
+    qzeros   int32 [K/g, N/8] packed the same way
+    scales   fp16  [K/g, N]
+    W[k, n] = (q[k, n] - z[k // g, n]) * s[k // g, n],   y = x @ W
+
+Inside a word the 8 output columns are interleaved: nibble i (bits 4i..4i+3)
+holds column ``AWQ_PACK_ORDER[i]`` of its pack of 8, so column j is found in
+nibble ``AWQ_UNPACK_ORDER[j]``.
+
+In memory the kernels use another layout, chosen for a GEMV that reads each
+weight once, front to back (see PERF-NOTES: repacking was 1.4-2.1x faster):
+
+    qweight  int32 [N, K/8]   row n holds the K inputs of output n, word j holds
+                              inputs 8j..8j+7 with input 8j+i in nibble i
+    scales   f32   [N, G]     G = K / g groups
+    szeros   f32   [N, G]     scale * zero, so y[n] = sum_g s*(x.q)_g - sz*(sum x)_g
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_PACK_ORDER[i]
+AWQ_UNPACK_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j lives in nibble AWQ_UNPACK_ORDER[j]
+_SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
+
+
+# --- the checkpoint layout (numpy, load and save time) -----------------------
+
+
+def unpack_awq(packed: np.ndarray) -> np.ndarray:
+    """AutoAWQ-packed int32 [R, C/8] -> uint8 [R, C] of 4-bit values in column order."""
+    nibbles = (packed.view(np.uint32)[..., None] >> _SHIFTS) & 15  # [R, C/8, 8], nibble order
+    return nibbles[..., list(AWQ_UNPACK_ORDER)].astype(np.uint8).reshape(packed.shape[0], -1)
+
+
+def pack_awq(values: np.ndarray) -> np.ndarray:
+    """uint [R, C] of 4-bit values -> AutoAWQ-packed int32 [R, C/8] (C a multiple of 8)."""
+    rows, cols = values.shape
+    v = values.astype(np.uint32).reshape(rows, cols // 8, 8)[..., list(AWQ_PACK_ORDER)]
+    return np.bitwise_or.reduce(v << _SHIFTS, axis=-1).view(np.int32)
+
+
+def dequantize_awq_checkpoint(qweight, qzeros, scales, group_size: int) -> np.ndarray:
+    """Checkpoint tensors -> float32 W [K, N] (so that y = x @ W): the reference dequantisation."""
+    q = unpack_awq(np.asarray(qweight)).astype(np.float32)
+    z = np.repeat(unpack_awq(np.asarray(qzeros)).astype(np.float32), group_size, axis=0)
+    s = np.repeat(np.asarray(scales, dtype=np.float32), group_size, axis=0)
+    return (q - z) * s
+
+
+def to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:
+    """Checkpoint layout -> kernel layout, written into the given (N, K/8), (N, G), (N, G) buffers."""
+    q = unpack_awq(np.asarray(qweight))  # [K, N]
+    k, n = q.shape
+    qt = np.ascontiguousarray(q.T).reshape(n, k // 8, 8).astype(np.uint32)  # [N, K/8, 8], input order
+    out_q[...] = np.bitwise_or.reduce(qt << _SHIFTS, axis=-1).view(np.int32)
+    s = np.asarray(scales, dtype=np.float32).T  # [N, G]
+    out_s[...] = s
+    out_sz[...] = s * unpack_awq(np.asarray(qzeros)).astype(np.float32).T
+
+
+# --- kernels on the kernel layout --------------------------------------------
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def awq_dequantize(qweight, scales, szeros, out):
+    """Kernel layout -> float32 weights, one output row at a time.
+
+    qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N, K) f32.
+    """
+    n_out, n_words = qweight.shape
+    words_per_group = n_words // scales.shape[1]
+    for n in prange(n_out):
+        for j in range(n_words):
+            w = qweight[n, j]
+            g = j // words_per_group
+            s = scales[n, g]
+            sz = szeros[n, g]
+            for i in range(8):
+                q = np.float32((w >> np.int32(4 * i)) & np.int32(15))
+                out[n, 8 * j + i] = q * s - sz
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def awq_gemv(x, qweight, scales, szeros, out):
+    """y = x @ W for one token, reading each packed weight once.
+
+    x (K,) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N,) f32.
+    Scale and zero are applied once per group: y += s * sum(x*q) - s*z * sum(x).
+    """
+    n_out, n_words = qweight.shape
+    n_groups = scales.shape[1]
+    words_per_group = n_words // n_groups
+    group_size = 8 * words_per_group
+    xsum = np.empty(n_groups, np.float32)
+    for g in range(n_groups):
+        xsum[g] = x[g * group_size : (g + 1) * group_size].sum()
+    for n in prange(n_out):
+        row = qweight[n]
+        acc = np.float32(0.0)
+        for g in range(n_groups):
+            xg = x[g * group_size : (g + 1) * group_size]
+            wg = row[g * words_per_group : (g + 1) * words_per_group]
+            dot = np.float32(0.0)
+            for j in range(words_per_group):
+                w = wg[j]
+                for i in range(8):
+                    dot += xg[8 * j + i] * np.float32((w >> np.int32(4 * i)) & np.int32(15))
+            acc += scales[n, g] * dot - szeros[n, g] * xsum[g]
+        out[n] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def awq_gemm(x, qweight, scales, szeros, out):
+    """Y = X @ W for a prompt: each output row is dequantised once and reused by every token.
+
+    x (T, K) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (T, N) f32.
+    """
+    n_tokens, k = x.shape
+    n_out, n_words = qweight.shape
+    words_per_group = n_words // scales.shape[1]
+    for n in prange(n_out):
+        w_row = np.empty(k, np.float32)
+        for j in range(n_words):
+            w = qweight[n, j]
+            g = j // words_per_group
+            s = scales[n, g]
+            sz = szeros[n, g]
+            for i in range(8):
+                w_row[8 * j + i] = np.float32((w >> np.int32(4 * i)) & np.int32(15)) * s - sz
+        for t in range(n_tokens):
+            xt = x[t]
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += xt[i] * w_row[i]
+            out[t, n] = acc
