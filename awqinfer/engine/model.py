@@ -16,33 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..kernels.activations import silu_mul
-from ..kernels.attention import attention
-from ..kernels.norm import rmsnorm
-from ..kernels.rope import apply_rope
+from .backend import CPU, Backend, get_backend
 from .cache import KVCache
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .rope import cos_sin
-from .weights import ModelWeights, load_weights
+from .weights import LayerWeights, ModelWeights, load_weights
 
 
 class Model:
-    """A loaded model: its config, its weights, and ``forward``."""
+    """A loaded model: its config, its weights (on the backend's device), and ``forward``."""
 
-    def __init__(self, config: ModelConfig, weights: ModelWeights):
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend = CPU):
         self.config = config
-        self.weights = weights
+        self.backend = backend
+        self.weights = backend.upload(weights)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Model":
+    def load(cls, directory: str | Path, device: str = "cpu") -> "Model":
         """Load config.json and the safetensors weights of a checkpoint directory."""
+        backend = get_backend(device)
         config = ModelConfig.load(directory)
-        return cls(config, load_weights(Checkpoint(directory), config))
+        return cls(config, load_weights(Checkpoint(directory), config), backend)
 
     def new_cache(self, max_tokens: int) -> KVCache:
         """An empty KV cache for one sequence of up to ``max_tokens`` positions."""
-        return KVCache(self.config, max_tokens)
+        return KVCache(self.config, max_tokens, self.backend.zeros)
 
     def forward(self, ids, cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
@@ -51,38 +50,18 @@ class Model:
         what generation needs, without a prompt-sized lm_head matmul.
         """
         ids = self._check(ids, cache)
-        c, w = self.config, self.weights
-        T, start = len(ids), cache.pos
-        n_heads, n_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        cos, sin = cos_sin(c.rope, D, c.max_position_embeddings, start, T)
-
-        x = w.embed(ids)  # (T, H)
-        h = np.empty_like(x)
-        attn = np.empty((T, n_heads, D), np.float32)
-        gate = np.empty((T, c.intermediate_size), np.float32)
+        c, w, ops = self.config, self.weights, self.backend
+        start = cache.pos
+        cos, sin = (ops.to_device(a) for a in cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, len(ids)))
+        x = ops.to_device(w.embed(ids))  # (T, H), the residual stream
         for l, layer in enumerate(w.layers):
-            # attention block
-            rmsnorm(x, layer.input_norm, c.rms_norm_eps, h)
-            qkv = layer.qkv(h)  # (T, (n_heads + 2 n_kv) D)
-            q = qkv[:, : n_heads * D].reshape(T, n_heads, D)
-            k = qkv[:, n_heads * D : (n_heads + n_kv) * D].reshape(T, n_kv, D)
-            v = qkv[:, (n_heads + n_kv) * D :].reshape(T, n_kv, D)
-            apply_rope(q, cos, sin)
-            apply_rope(k, cos, sin)
-            cache.k[l, :, start : start + T] = k.transpose(1, 0, 2)
-            cache.v[l, :, start : start + T] = v.transpose(1, 0, 2)
-            attention(q, cache.k[l], cache.v[l], start, attn)
-            x += layer.o_proj(attn.reshape(T, n_heads * D))
-            # MLP block
-            rmsnorm(x, layer.post_norm, c.rms_norm_eps, h)
-            silu_mul(layer.gate_up(h), gate)
-            x += layer.down_proj(gate)
-        cache.pos += T
-
+            decoder_layer(ops, c, layer, x, cache.k[l], cache.v[l], start, cos, sin)
+        cache.pos += len(ids)
         if last_only:
             x = x[-1:]
-        rmsnorm(x, w.norm, c.rms_norm_eps, x)
-        return w.lm_head(x)
+        h = ops.empty(x.shape)
+        ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
+        return ops.to_host(w.lm_head(h))
 
     def _check(self, ids, cache: KVCache) -> np.ndarray:
         """Validate ids and cache before any kernel runs (Numba does not check bounds)."""
@@ -109,3 +88,36 @@ class Model:
 def _describe(value) -> str:
     arr = np.asarray(value)
     return f"{type(value).__name__} of shape {arr.shape} and dtype {arr.dtype}"
+
+
+def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, k_cache, v_cache, start: int,
+                  cos, sin, observe=None) -> None:
+    """One decoder layer, updating the residual stream x (T, H) in place.
+
+    k_cache, v_cache (KV, S, D): this layer's cache; the new tokens sit at start..start+T-1.
+    ``observe(name, input)``, if given, sees the input of each linear ('qkv', 'o_proj',
+    'gate_up', 'down_proj') before it is applied: the quantizer calibrates on these.
+    """
+    T = x.shape[0]
+    h = ops.empty(x.shape)
+    # attention block
+    ops.rmsnorm(x, layer.input_norm, c.rms_norm_eps, h)
+    if observe:
+        observe("qkv", h)
+    qkv = layer.qkv(h)  # (T, (n_heads + 2 n_kv) D): q heads, then k heads, then v heads
+    ops.apply_rope(qkv, cos, sin, c.num_attention_heads + c.num_key_value_heads, c.head_dim)
+    ops.store_kv(qkv, k_cache, v_cache, start, c.num_attention_heads)
+    attn = ops.empty((T, c.q_size))
+    ops.attention(qkv, k_cache, v_cache, start, c.num_attention_heads, attn)
+    if observe:
+        observe("o_proj", attn)
+    ops.add_(x, layer.o_proj(attn))
+    # MLP block
+    ops.rmsnorm(x, layer.post_norm, c.rms_norm_eps, h)
+    if observe:
+        observe("gate_up", h)
+    gate = ops.empty((T, c.intermediate_size))
+    ops.silu_mul(layer.gate_up(h), gate)
+    if observe:
+        observe("down_proj", gate)
+    ops.add_(x, layer.down_proj(gate))

@@ -1,4 +1,4 @@
-"""The SwiGLU gate: silu(gate) * up, on the fused gate_up projection's output."""
+"""Elementwise kernels: the SwiGLU gate and the residual add."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def silu_mul(gate_up, out):
         for i in range(width):
             g = gate_up[t, i]
             out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, width + i]
+
+
+@njit(cache=True, fastmath=True)
+def add_(x, y):
+    """x += y in place. x, y (T, H) f32."""
+    n_tokens, width = x.shape
+    for t in range(n_tokens):
+        for i in range(width):
+            x[t, i] += y[t, i]

@@ -1,4 +1,4 @@
-"""Causal grouped-query attention over a KV cache, one (token, head) pair per thread."""
+"""Causal grouped-query attention over a KV cache, and the cache write that feeds it."""
 
 from __future__ import annotations
 
@@ -6,37 +6,56 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, fastmath=True)
+def store_kv(qkv, k_cache, v_cache, start, n_heads):
+    """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
+
+    qkv (T, (n_heads + 2 KV) * D) f32; k_cache, v_cache (KV, S, D) f32; start, n_heads int.
+    """
+    n_tokens = qkv.shape[0]
+    n_kv, _, dim = k_cache.shape
+    k0 = n_heads * dim
+    v0 = (n_heads + n_kv) * dim
+    for t in range(n_tokens):
+        for h in range(n_kv):
+            for i in range(dim):
+                k_cache[h, start + t, i] = qkv[t, k0 + h * dim + i]
+                v_cache[h, start + t, i] = qkv[t, v0 + h * dim + i]
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def attention(q, k_cache, v_cache, start, out):
+def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
 
-    q (T, H, D) f32; k_cache, v_cache (KV, S, D) f32 holding positions 0..start+T-1;
-    out (T, H, D) f32. Query head h reads KV head h // (H / KV); token t sees
-    positions 0..start+t (causal).
+    qkv (T, (n_heads + 2 KV) * D) f32, q heads first; k_cache, v_cache (KV, S, D) f32
+    holding positions 0..start+T-1; out (T, n_heads * D) f32. Query head h reads
+    KV head h // (n_heads / KV); token t sees positions 0..start+t (causal).
     """
-    n_tokens, n_heads, dim = q.shape
-    group = n_heads // k_cache.shape[0]
+    n_tokens = qkv.shape[0]
+    n_kv, _, dim = k_cache.shape
+    group = n_heads // n_kv
     scale = np.float32(1.0 / np.sqrt(dim))
     for th in prange(n_tokens * n_heads):
         t = th // n_heads
         h = th % n_heads
         kv = h // group
+        q = qkv[t, h * dim : (h + 1) * dim]
+        o = out[t, h * dim : (h + 1) * dim]
         n_pos = start + t + 1
         scores = np.empty(n_pos, np.float32)
         best = np.float32(-np.inf)
         for s in range(n_pos):
             acc = np.float32(0.0)
             for i in range(dim):
-                acc += q[t, h, i] * k_cache[kv, s, i]
+                acc += q[i] * k_cache[kv, s, i]
             scores[s] = acc * scale
             best = max(best, scores[s])
         total = np.float32(0.0)
         for s in range(n_pos):
             scores[s] = np.exp(scores[s] - best)
             total += scores[s]
-        for i in range(dim):
-            out[t, h, i] = 0.0
+        o[:] = 0.0
         for s in range(n_pos):
             p = scores[s] / total
             for i in range(dim):
-                out[t, h, i] += p * v_cache[kv, s, i]
+                o[i] += p * v_cache[kv, s, i]

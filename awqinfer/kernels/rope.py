@@ -10,14 +10,18 @@ from numba import njit
 
 
 @njit(cache=True, fastmath=True)
-def apply_rope(x, cos, sin):
-    """Rotate x in place. x (T, n_heads, D) f32; cos, sin (T, D/2) f32."""
-    n_tokens, n_heads, dim = x.shape
-    half = dim // 2
+def apply_rope(qkv, cos, sin, n_rotated, head_dim):
+    """Rotate the first ``n_rotated`` heads of each row in place (the q and k heads of a fused qkv).
+
+    qkv (T, n_heads_total * D) f32; cos, sin (T, D/2) f32; n_rotated int; head_dim int D.
+    """
+    n_tokens = qkv.shape[0]
+    half = head_dim // 2
     for t in range(n_tokens):
-        for h in range(n_heads):
+        for h in range(n_rotated):
+            base = h * head_dim
             for i in range(half):
-                a = x[t, h, i]
-                b = x[t, h, i + half]
-                x[t, h, i] = a * cos[t, i] - b * sin[t, i]
-                x[t, h, i + half] = b * cos[t, i] + a * sin[t, i]
+                a = qkv[t, base + i]
+                b = qkv[t, base + i + half]
+                qkv[t, base + i] = a * cos[t, i] - b * sin[t, i]
+                qkv[t, base + i + half] = b * cos[t, i] + a * sin[t, i]
