@@ -17,6 +17,6 @@ class LLM:
         self.name = name
 
     @classmethod
-    def from_directory(cls, directory: str | Path, name: str = "") -> "LLM":
-        """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer)."""
-        return cls(Model.load(directory), Tokenizer(directory), name or str(directory))
+    def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu") -> "LLM":
+        """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``."""
+        return cls(Model.load(directory, device), Tokenizer(directory), name or str(directory))
