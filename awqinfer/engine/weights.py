@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..kernels.awq import awq_gemm, awq_gemv, to_kernel_layout
 from ..kernels.dense import dense_gemm, dense_gemv
+from ..kernels.int8 import int8_gemm, int8_gemv, quantize_int8
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 
@@ -85,6 +86,24 @@ class AwqLinear(Linear):
 
 
 @dataclass
+class Int8Linear(Linear):
+    """Int8 weight-only, symmetric, one scale per output channel (see kernels/int8.py)."""
+
+    qweight: np.ndarray  # (N, K) int8
+    scales: np.ndarray  # (N,) f32
+    bias: np.ndarray | None = None  # (N,) f32
+
+    out_features = property(lambda self: self.qweight.shape[0])
+    in_features = property(lambda self: self.qweight.shape[1])
+
+    def gemv(self, x, out):
+        int8_gemv(x, self.qweight, self.scales, out)
+
+    def gemm(self, x, out):
+        int8_gemm(x, self.qweight, self.scales, out)
+
+
+@dataclass
 class Embedding:
     """Token embeddings, left memory-mapped in the file's dtype; rows widened to f32 on lookup."""
 
@@ -128,8 +147,9 @@ class ModelWeights:
 class _Loader:
     """Reads tensors by HF name, checking each against the shape the config implies."""
 
-    def __init__(self, ckpt: Checkpoint, config: ModelConfig):
+    def __init__(self, ckpt: Checkpoint, config: ModelConfig, int8: bool = False):
         self.ckpt, self.config, self.used = ckpt, config, set()
+        self.int8 = int8  # float projections become Int8Linear, each tensor converted as it is read
 
     def tensor(self, name: str, shape: tuple, dtypes: tuple) -> np.ndarray:
         info = self.ckpt.info(name)
@@ -191,6 +211,13 @@ class _Loader:
                     for suffix in ("qweight", "qzeros", "scales"):
                         self.ckpt.release(f"{m}.{suffix}")
             make = lambda l: AwqLinear(qweight[l], scales[l], szeros[l])
+        elif self.int8:
+            qweight = np.empty((L, n_total, in_features), np.int8)
+            scales = np.empty((L, n_total), np.float32)
+            for l, row in enumerate(modules):
+                for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
+                    qweight[l, lo:hi], scales[l, lo:hi] = quantize_int8(self.float32(f"{m}.weight", (n, in_features)))
+            make = lambda l: Int8Linear(qweight[l], scales[l])
         else:
             weight = np.empty((L, n_total, in_features), np.float32)
             for l, row in enumerate(modules):
@@ -208,10 +235,15 @@ class _Loader:
         return linears
 
 
-def load_weights(ckpt: Checkpoint, config: ModelConfig) -> ModelWeights:
-    """Read, check and lay out every weight of a Llama/Qwen2 checkpoint."""
+def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> ModelWeights:
+    """Read, check and lay out every weight of a Llama/Qwen2 checkpoint.
+
+    ``int8``: float decoder projections are quantized to int8 weight-only (per output
+    channel, symmetric) one tensor at a time as they are read; embeddings, norms and
+    lm_head stay float, as AWQ leaves them.
+    """
     c = config
-    ld = _Loader(ckpt, c)
+    ld = _Loader(ckpt, c, int8)
     H, I, V, L = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
 
     embed_raw = ld.tensor("model.embed_tokens.weight", (V, H), FLOAT_DTYPES)

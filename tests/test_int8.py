@@ -1,0 +1,88 @@
+"""Int8 weight-only: the quantizer, the kernels, and a whole model loaded with int8=True."""
+
+import numpy as np
+import pytest
+
+from checkpoints import make_model
+
+from awqinfer.engine import registry
+from awqinfer.engine.checkpoint import Checkpoint
+from awqinfer.engine.config import ModelConfig
+from awqinfer.engine.model import Model
+from awqinfer.engine.weights import DenseLinear, Int8Linear, load_weights
+from awqinfer.kernels.int8 import dequantize_int8, int8_gemm, int8_gemv, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16(tmp_path_factory):
+    """A Llama checkpoint stored in fp16, as meta-llama/Llama-2-7b-chat-hf is."""
+    return make_model(tmp_path_factory.mktemp("llama_fp16"), "llama", dtype=np.float16)
+
+
+def test_quantize_int8_is_symmetric_per_channel():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 80)).astype(np.float32) * rng.uniform(0.01, 10, (48, 1)).astype(np.float32)
+    w[5] = 0.0  # an all-zero row must stay zero, not NaN
+    q, s = quantize_int8(w)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and s.shape == (48,)
+    assert np.abs(q).max() == 127 and q.min() >= -127
+    np.testing.assert_array_equal(np.abs(q).max(axis=1)[np.arange(48) != 5], 127)  # absmax maps to 127
+    assert not q[5].any() and s[5] == 0
+    err = np.abs(dequantize_int8(q, s) - w)
+    assert (err <= s[:, None] / 2 * (1 + 1e-5)).all()  # round to nearest: at most half a step
+
+
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_int8_kernels_match_their_dequantisation(tokens):
+    rng = np.random.default_rng(tokens)
+    q, s = quantize_int8(rng.standard_normal((96, 160)).astype(np.float32))
+    x = rng.standard_normal((tokens, 160)).astype(np.float32)
+    expect = x.astype(np.float64) @ dequantize_int8(q, s).T.astype(np.float64)
+    out = np.empty((tokens, 96), np.float32)
+    if tokens == 1:
+        int8_gemv(x[0], q, s, out[0])
+    else:
+        int8_gemm(x, q, s, out)
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+
+
+def _load(directory, int8):
+    config = ModelConfig.load(directory)
+    return Model(config, load_weights(Checkpoint(directory), config, int8=int8))
+
+
+def test_int8_model_matches_its_dequantised_twin_and_the_fp_model(tiny_fp16):
+    q_model, fp_model = _load(tiny_fp16, True), _load(tiny_fp16, False)
+    twin = _load(tiny_fp16, True)  # the same int8 weights, widened to f32 and run by the dense kernels
+    for layer in twin.weights.layers:
+        for name in ("qkv", "o_proj", "gate_up", "down_proj"):
+            linear = getattr(layer, name)
+            assert isinstance(linear, Int8Linear) and linear.qweight.dtype == np.int8
+            setattr(layer, name, DenseLinear(dequantize_int8(linear.qweight, linear.scales), linear.bias))
+    ids = list(range(3, 43))
+    run = lambda m: m.forward(ids, m.new_cache(64))
+    got, dequantised, fp = run(q_model), run(twin), run(fp_model)
+    scale = np.abs(fp).max()
+    # exact up to fp32 summation order
+    np.testing.assert_allclose(got, dequantised, rtol=0, atol=1e-5 * scale)
+    # int8 rounding: stated tolerance, 3% of the logit range, and the same greedy token almost everywhere
+    assert np.abs(got - fp).max() <= 0.03 * scale
+    assert (got.argmax(-1) == fp.argmax(-1)).mean() >= 0.9
+    # decode (gemv) agrees with prefill (gemm)
+    cache = q_model.new_cache(64)
+    q_model.forward(ids[:-1], cache)
+    np.testing.assert_allclose(q_model.forward(ids[-1:], cache)[0], got[-1], rtol=0, atol=1e-4 * scale)
+
+
+def test_llama2_int8_name_loads_its_repo_as_int8(tiny_fp16, monkeypatch):
+    asked = []
+    monkeypatch.setattr(registry, "hf_snapshot", lambda repo: asked.append(repo) or tiny_fp16)
+    llm = registry.load("@cf/meta/llama-2-7b-chat-int8")
+    assert asked == ["meta-llama/Llama-2-7b-chat-hf"]
+    assert isinstance(llm.model.weights.layers[0].gate_up, Int8Linear)
+    assert llm.model.weights.layers[0].gate_up.qweight.nbytes * 4 == (
+        llm.model.config.hidden_size * 2 * llm.model.config.intermediate_size * 4)
+    # the AWQ names load their (already quantized) checkpoints as they are
+    llm = registry.load("@cf/qwen/qwen1.5-7b-chat-awq")
+    assert asked[-1] == "Qwen/Qwen1.5-7B-Chat-AWQ"
+    assert isinstance(llm.model.weights.layers[0].gate_up, DenseLinear)
