@@ -144,6 +144,31 @@ class ModelWeights:
     stacks: dict[str, list[Linear]] = field(default_factory=dict)  # projection -> per-layer linears
 
 
+@dataclass(frozen=True)
+class Projection:
+    """One fused matrix of a decoder layer: its HF parts stacked along N, in this order."""
+
+    parts: tuple[tuple[str, int], ...]  # (HF module suffix, out_features)
+    in_features: int
+    bias: bool
+
+
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # LayerWeights.input_norm, .post_norm
+
+
+def projections(config: ModelConfig) -> dict[str, Projection]:
+    """The four fused projections of a decoder layer, keyed by their LayerWeights field."""
+    c = config
+    H, I = c.hidden_size, c.intermediate_size
+    return {
+        "qkv": Projection((("self_attn.q_proj", c.q_size), ("self_attn.k_proj", c.kv_size),
+                           ("self_attn.v_proj", c.kv_size)), H, c.attention_bias),
+        "o_proj": Projection((("self_attn.o_proj", H),), c.q_size, c.o_bias),
+        "gate_up": Projection((("mlp.gate_proj", I), ("mlp.up_proj", I)), H, c.mlp_bias),
+        "down_proj": Projection((("mlp.down_proj", H),), I, c.mlp_bias),
+    }
+
+
 class _Loader:
     """Reads tensors by HF name, checking each against the shape the config implies."""
 
@@ -170,13 +195,14 @@ class _Loader:
         q = self.config.quant
         return q is not None and q.quantizes(module)
 
-    def projection(self, parts: list[tuple[str, int]], in_features: int, bias: bool) -> list[Linear]:
-        """Load one projection of every layer, fusing ``parts`` (suffix, out_features) along N.
+    def projection(self, projection: Projection, layers: range) -> list[Linear]:
+        """Load one projection of ``layers``, fusing its parts (suffix, out_features) along N.
 
-        Returns one Linear per layer, each a view into stacked (n_layers, ...) arrays.
+        Returns one Linear per layer, each a view into stacked (len(layers), ...) arrays.
         """
-        L = self.config.num_hidden_layers
-        modules = [[f"model.layers.{l}.{suffix}" for suffix, _ in parts] for l in range(L)]
+        parts, in_features, bias = projection.parts, projection.in_features, projection.bias
+        L = len(layers)
+        modules = [[f"model.layers.{l}.{suffix}" for suffix, _ in parts] for l in layers]
         quantized = {self.is_quantized(m) for row in modules for m in row}
         if len(quantized) > 1:
             names = ", ".join(suffix for suffix, _ in parts)
@@ -244,24 +270,16 @@ def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> M
     """
     c = config
     ld = _Loader(ckpt, c, int8)
-    H, I, V, L = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
+    H, V, L = c.hidden_size, c.vocab_size, c.num_hidden_layers
 
     embed_raw = ld.tensor("model.embed_tokens.weight", (V, H), FLOAT_DTYPES)
     embed = Embedding(embed_raw, bf16=ckpt.info("model.embed_tokens.weight").dtype == "BF16")
 
-    stacks = {
-        "qkv": ld.projection(
-            [("self_attn.q_proj", c.q_size), ("self_attn.k_proj", c.kv_size), ("self_attn.v_proj", c.kv_size)],
-            H, c.attention_bias,
-        ),
-        "o_proj": ld.projection([("self_attn.o_proj", H)], c.q_size, c.o_bias),
-        "gate_up": ld.projection([("mlp.gate_proj", I), ("mlp.up_proj", I)], H, c.mlp_bias),
-        "down_proj": ld.projection([("mlp.down_proj", H)], I, c.mlp_bias),
-    }
+    stacks = {name: ld.projection(p, range(L)) for name, p in projections(c).items()}
     norms = np.empty((L, 2, H), np.float32)
     for l in range(L):
-        norms[l, 0] = ld.float32(f"model.layers.{l}.input_layernorm.weight", (H,))
-        norms[l, 1] = ld.float32(f"model.layers.{l}.post_attention_layernorm.weight", (H,))
+        for i, norm_name in enumerate(LAYER_NORMS):
+            norms[l, i] = ld.float32(f"model.layers.{l}.{norm_name}.weight", (H,))
     layers = [
         LayerWeights(norms[l, 0], stacks["qkv"][l], stacks["o_proj"][l], norms[l, 1],
                      stacks["gate_up"][l], stacks["down_proj"][l])
@@ -284,3 +302,31 @@ def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> M
             f"for {c.architecture} as configured"
         )
     return ModelWeights(embed, layers, norm, lm_head, stacks)
+
+
+def load_layer(ckpt: Checkpoint, config: ModelConfig, l: int) -> LayerWeights:
+    """Decoder layer ``l`` alone, checked like ``load_weights``: the quantizer holds one layer at a time."""
+    ld = _Loader(ckpt, config)
+    linear = {name: ld.projection(p, range(l, l + 1))[0] for name, p in projections(config).items()}
+    H = config.hidden_size
+    input_norm, post_norm = (ld.float32(f"model.layers.{l}.{n}.weight", (H,)) for n in LAYER_NORMS)
+    return LayerWeights(input_norm, linear["qkv"], linear["o_proj"], post_norm, linear["gate_up"], linear["down_proj"])
+
+
+def layer_tensors(config: ModelConfig, l: int, layer: LayerWeights) -> dict[str, np.ndarray]:
+    """The HF-named f32 tensors of a dense decoder layer: the inverse of ``load_layer``.
+
+    Fused matrices are split back into their parts: ``{module}.weight`` (N, K), ``{module}.bias`` (N,),
+    and the two norms (H,).
+    """
+    out = {f"model.layers.{l}.{n}.weight": w for n, w in zip(LAYER_NORMS, (layer.input_norm, layer.post_norm))}
+    for name, p in projections(config).items():
+        linear = getattr(layer, name)
+        lo = 0
+        for suffix, n in p.parts:
+            module = f"model.layers.{l}.{suffix}"
+            out[f"{module}.weight"] = linear.weight[lo : lo + n]
+            if linear.bias is not None:
+                out[f"{module}.bias"] = linear.bias[lo : lo + n]
+            lo += n
+    return out

@@ -1,0 +1,201 @@
+"""Float checkpoint -> AWQ 4-bit checkpoint in AutoAWQ's exact "gemm" layout, one layer at a time.
+
+    for each decoder layer l:
+        load layer l in f32                          (weights.load_layer)
+        [awq] run the calibration activations through it, search per-channel
+              scales and clipping ranges, fold the scales into the previous op
+        round every linear to 4 bits per group       (rtn_quantize)
+        write qweight / qzeros / scales, norms and biases in fp16
+    copy embeddings, the final norm and lm_head in fp16; config.json with
+    quantization_config; tokenizer files; safetensors sharded past SHARD_BYTES.
+
+The result is what AutoAWQ's ``save_quantized`` writes: decoder linears become
+``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/g, N/8], ``scales`` fp16 [K/g, N]
+(packing in kernels/awq.py), everything else fp16, ``torch_dtype`` float16.
+Only one layer (plus the calibration activations) is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError, InputError
+from ..kernels.awq import pack_awq
+from .checkpoint import Checkpoint
+from .config import ModelConfig, QuantConfig
+from .weights import IGNORED_SUFFIXES, load_layer, layer_tensors, projections
+
+METHODS = ("rtn",)  # "awq" follows
+SHARD_BYTES = 2 * 1024**3  # start a new safetensors shard past 2 GiB
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+MAX_INT = 15  # 4-bit codes 0..15
+
+
+def rtn_quantize(weight: np.ndarray, group_size: int):
+    """Round-to-nearest asymmetric 4-bit per group of ``group_size`` inputs, as AutoAWQ's pseudo_quantize_tensor.
+
+    weight (N, K) f32 -> codes (N, K) uint8, zeros (N, K/g) uint8, scales (N, K/g) f16, with
+    W ~ (codes - zero) * scale. The scale is rounded to fp16 before the codes are chosen, so the
+    codes are the best ones for the scale actually stored.
+    """
+    n, k = weight.shape
+    w = weight.reshape(n, k // group_size, group_size)
+    lo, hi = w.min(axis=2), w.max(axis=2)
+    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
+    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
+    scales = scales.astype(np.float16)
+    codes = np.clip(np.round(w / scales.astype(np.float32)[..., None]) + zeros[..., None], 0, MAX_INT)
+    return codes.astype(np.uint8).reshape(n, k), zeros.astype(np.uint8), scales
+
+
+def fake_quantize(weight: np.ndarray, group_size: int) -> np.ndarray:
+    """``weight`` (N, K) f32 after a round trip through ``rtn_quantize``: what the 4-bit model computes with."""
+    codes, zeros, scales = rtn_quantize(weight, group_size)
+    n, k = weight.shape
+    q = codes.reshape(n, k // group_size, group_size).astype(np.float32) - zeros[..., None]
+    return (q * scales.astype(np.float32)[..., None]).reshape(n, k)
+
+
+def awq_tensors(weight: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
+    """An nn.Linear weight (N, K) f32 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales`` (see kernels/awq.py)."""
+    codes, zeros, scales = rtn_quantize(weight, group_size)
+    return {"qweight": pack_awq(codes.T), "qzeros": pack_awq(zeros.T), "scales": np.ascontiguousarray(scales.T)}
+
+
+def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_size: int = 128,
+             calib: str | Path | None = None, samples: int = 128, seq_len: int = 512,
+             progress: bool = True) -> Path:
+    """Quantize the float Llama/Qwen2 checkpoint ``src`` to an AWQ 4-bit checkpoint in ``out``; returns ``out``.
+
+    method: 'awq' (activation-aware scales and clipping, calibrated on ``samples`` windows of
+    ``seq_len`` tokens of ``calib``, a UTF-8 text file, or the built-in set) or 'rtn' (plain
+    round-to-nearest; no calibration).
+    """
+    src, out = Path(src), Path(out)
+    config = ModelConfig.load(src)
+    _check(config, src, out, method, group_size, samples, seq_len)
+    ckpt = Checkpoint(src)
+
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out)
+    layer_prefixes = [f"model.layers.{l}." for l in range(config.num_hidden_layers)]
+    for l in tqdm(range(config.num_hidden_layers), desc=f"quantize ({method})", unit="layer", disable=not progress):
+        layer = load_layer(ckpt, config, l)
+        tensors = layer_tensors(config, l, layer)
+        stray = sorted(n for n in ckpt.tensors if n.startswith(layer_prefixes[l]) and n not in tensors
+                       and not n.endswith(IGNORED_SUFFIXES))
+        if stray:
+            raise CheckpointError(f"{src}: unknown tensor(s) {', '.join(map(repr, stray[:5]))} in layer {l}")
+        for name, t in tensors.items():
+            if t.ndim == 2:  # a linear: 4-bit
+                module = name.removesuffix(".weight")
+                for suffix, packed in awq_tensors(t, group_size).items():
+                    writer.add(f"{module}.{suffix}", packed)
+            else:  # a norm or a bias
+                writer.add(name, _fp16(name, t))
+    for name in ckpt.tensors:  # embeddings, final norm, lm_head: kept in fp16, as AutoAWQ stores them
+        if not name.startswith("model.layers.") and not name.endswith(IGNORED_SUFFIXES):
+            writer.add(name, _fp16(name, ckpt.to_float32(name)))
+            ckpt.release(name)
+    writer.close()
+    _write_config(config, group_size, out)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and src.resolve() != out.resolve():
+            shutil.copyfile(src / name, out / name)
+    return out
+
+
+def _check(config: ModelConfig, src: Path, out: Path, method: str, group_size: int, samples: int,
+           seq_len: int) -> None:
+    """Reject what cannot be quantized before any work, naming the argument or the shape at fault."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 8:
+        raise InputError(f"group_size must be a positive multiple of 8, got {group_size!r}")
+    for name, value in (("samples", samples), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if config.quant is not None:
+        raise CheckpointError(f"{src}: already quantized ({config.quant.to_dict()['quant_method']}); "
+                              "give a float16, bfloat16 or float32 checkpoint")
+    if out.resolve() == src.resolve():
+        raise InputError(f"the output directory must differ from the source {src}")
+    for name, p in projections(config).items():
+        if p.in_features % group_size:
+            raise InputError(f"group_size {group_size} does not divide in_features {p.in_features} of "
+                             f"{', '.join(s for s, _ in p.parts)}")
+        for suffix, n in p.parts:
+            if n % 8:
+                raise CheckpointError(f"{src}: {suffix} has {n} outputs; AWQ packing needs a multiple of 8")
+
+
+def _fp16(name: str, t: np.ndarray) -> np.ndarray:
+    """``t`` as fp16; a value beyond fp16's range is an error, not a silent inf."""
+    half = np.asarray(t, dtype=np.float32).astype(np.float16)
+    if not np.isfinite(half).all() and np.isfinite(t).all():
+        raise CheckpointError(f"tensor {name!r} holds values beyond float16's range (max |x| = {np.abs(t).max():g})")
+    return half
+
+
+def _write_config(config: ModelConfig, group_size: int, out: Path) -> None:
+    """The source config.json plus AutoAWQ's quantization_config, with fp16 as the stored dtype."""
+    d = dict(config.raw)
+    d["quantization_config"] = QuantConfig(group_size=group_size).to_dict()
+    d["torch_dtype"] = "float16"
+    if "dtype" in d:  # transformers 5 writes this name
+        d["dtype"] = "float16"
+    (out / "config.json").write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+class ShardWriter:
+    """Safetensors files written as tensors arrive, a new shard past SHARD_BYTES, named as transformers names them.
+
+    One shard: ``model.safetensors``. More: ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` (the count n is known only at the end, so shards are renamed then).
+    """
+
+    def __init__(self, directory: Path):
+        self.directory, self.shard_bytes = directory, SHARD_BYTES
+        self.pending: dict[str, np.ndarray] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []  # tensor names of each written shard
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: np.ndarray) -> None:
+        if self.pending and self.pending_bytes + tensor.nbytes > self.shard_bytes:
+            self._flush()
+        self.pending[name] = np.ascontiguousarray(tensor)
+        self.pending_bytes += tensor.nbytes
+
+    def _flush(self) -> None:
+        from safetensors.numpy import save_file
+
+        save_file(self.pending, str(self._tmp(len(self.shards))), metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.total_bytes += self.pending_bytes
+        self.pending, self.pending_bytes = {}, 0
+
+    def _tmp(self, i: int) -> Path:
+        return self.directory / f"shard-{i:05d}.safetensors.partial"
+
+    def close(self) -> None:
+        self._flush()
+        n = len(self.shards)
+        for stale in [*self.directory.glob("model*.safetensors"), self.directory / "model.safetensors.index.json"]:
+            stale.unlink(missing_ok=True)  # from an earlier run into the same directory
+        if n == 1:
+            self._tmp(0).replace(self.directory / "model.safetensors")
+            return
+        weight_map = {}
+        for i, names in enumerate(self.shards):
+            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            self._tmp(i).replace(self.directory / fname)
+            weight_map.update(dict.fromkeys(names, fname))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
