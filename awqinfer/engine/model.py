@@ -20,6 +20,7 @@ from .backend import CPU, Backend, get_backend
 from .cache import KVCache
 from .checkpoint import Checkpoint
 from .config import ModelConfig
+from .decode import DecodeState, decode_one_token
 from .rope import cos_sin
 from .weights import LayerWeights, ModelWeights, load_weights
 
@@ -31,6 +32,8 @@ class Model:
         self.config = config
         self.backend = backend
         self.weights = backend.upload(weights)
+        self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
+        self._decode_state = None  # built on first use; False when the weights do not allow it
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Model":
@@ -43,13 +46,17 @@ class Model:
         """An empty KV cache for one sequence of up to ``max_tokens`` positions."""
         return KVCache(self.config, max_tokens, self.backend.zeros)
 
-    def forward(self, ids, cache: KVCache, last_only: bool = False) -> np.ndarray:
+    def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
-        what generation needs, without a prompt-sized lm_head matmul.
+        what generation needs, without a prompt-sized lm_head matmul. A single token
+        on the CPU goes through the compiled ``decode_one_token`` (engine/decode.py)
+        unless ``fast`` (default: ``self.fast``) is False; the code below is the reference.
         """
         ids = self._check(ids, cache)
+        if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
+            return decode_one_token(self._decode_state, int(ids[0]), cache)
         c, w, ops = self.config, self.weights, self.backend
         start = cache.pos
         cos, sin = (ops.to_device(a) for a in cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, len(ids)))
@@ -62,6 +69,13 @@ class Model:
         h = ops.empty(x.shape)
         ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
         return ops.to_host(w.lm_head(h))
+
+    def _fast_state(self) -> bool:
+        """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
+        if self._decode_state is None:
+            ok = self.backend is CPU and DecodeState.build(self.config, self.weights)
+            self._decode_state = ok or False
+        return self._decode_state is not False
 
     def _check(self, ids, cache: KVCache) -> np.ndarray:
         """Validate ids and cache before any kernel runs (Numba does not check bounds)."""

@@ -29,6 +29,7 @@ from numba import njit, prange
 AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_PACK_ORDER[i]
 AWQ_UNPACK_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j lives in nibble AWQ_UNPACK_ORDER[j]
 _SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
+GEMV_CHUNKS = 4  # row chunks of one GEMV: two per core, so a stalled thread holds less back
 
 
 # --- the checkpoint layout (numpy, load and save time) -----------------------
@@ -88,33 +89,100 @@ def awq_dequantize(qweight, scales, szeros, out):
                 out[n, 8 * j + i] = q * s - sz
 
 
+@njit(cache=True, fastmath=True)
+def awq_prepare_input(x, xp, xsum):
+    """Lay one token's input out for ``awq_rows``: xp[i, j] = x[8j + i], xsum[g] = sum of group g.
+
+    x (K,) f32; xp (8, K/8) f32; xsum (G,) f32. With xp, input 8j+i and nibble i of
+    word j sit at the same index j of parallel arrays, so the unpacking vectorises
+    across words (contiguous loads only) instead of within one word.
+    """
+    n_words = xp.shape[1]
+    for j in range(n_words):
+        for i in range(8):
+            xp[i, j] = x[8 * j + i]
+    group_size = x.shape[0] // xsum.shape[0]
+    for g in range(xsum.shape[0]):
+        xg = x[g * group_size : (g + 1) * group_size]
+        acc = np.float32(0.0)
+        for i in range(group_size):
+            acc += xg[i]
+        xsum[g] = acc
+
+
+@njit(inline="always")
+def _nibble(w, shift):
+    """Bits shift..shift+3 of the int32 w as f32, kept in int32 (Numba widens to int64 otherwise)."""
+    return np.float32(np.int32(np.int32(w >> np.int32(shift)) & np.int32(15)))
+
+
+@njit(cache=True, fastmath=True)
+def awq_rows(xp, xsum, qweight, scales, szeros, lo, hi, word_dots, out):
+    """out[n] = x . W[n] for rows lo..hi-1, from awq_prepare_input's xp, xsum.
+
+    qweight (N, K/8) int32; scales, szeros (N, G) f32; word_dots (K/8,) f32 scratch; out (N,) f32.
+    Per row: word_dots[j] = sum_i xp[i, j] * q[8j+i] (int32 shifts and masks, one
+    vectorised pass over the row, PERF-NOTES 1-3), then per group
+    out += s * sum(word_dots) - s*z * sum(x).
+    """
+    n_words = qweight.shape[1]
+    n_groups = scales.shape[1]
+    wpg = n_words // n_groups
+    x0, x1, x2, x3 = xp[0], xp[1], xp[2], xp[3]
+    x4, x5, x6, x7 = xp[4], xp[5], xp[6], xp[7]
+    for r in range(hi - lo):
+        n = lo + r
+        row = qweight[n]
+        for j in range(n_words):
+            w = row[j]
+            word_dots[j] = (
+                x0[j] * _nibble(w, 0)
+                + x1[j] * _nibble(w, 4)
+                + x2[j] * _nibble(w, 8)
+                + x3[j] * _nibble(w, 12)
+                + x4[j] * _nibble(w, 16)
+                + x5[j] * _nibble(w, 20)
+                + x6[j] * _nibble(w, 24)
+                + x7[j] * _nibble(w, 28)
+            )
+        s_row = scales[n]
+        sz_row = szeros[n]
+        acc = np.float32(0.0)
+        for g in range(n_groups):
+            part = word_dots[g * wpg : (g + 1) * wpg]
+            dot = np.float32(0.0)
+            for j in range(wpg):
+                dot += part[j]
+            acc += s_row[g] * dot - sz_row[g] * xsum[g]
+        out[n] = acc
+
+
 @njit(cache=True, parallel=True, fastmath=True)
+def awq_matvec(xp, xsum, qweight, scales, szeros, word_dots, out):
+    """awq_rows over all N rows, split into word_dots.shape[0] contiguous chunks run in parallel.
+
+    word_dots (n_chunks, K/8) f32 scratch, one row per chunk; the rest as awq_rows.
+    """
+    n_chunks = word_dots.shape[0]
+    n_out = qweight.shape[0]
+    for c in prange(n_chunks):
+        awq_rows(xp, xsum, qweight, scales, szeros, c * n_out // n_chunks, (c + 1) * n_out // n_chunks,
+                 word_dots[c], out)
+
+
+@njit(cache=True, fastmath=True)
 def awq_gemv(x, qweight, scales, szeros, out):
     """y = x @ W for one token, reading each packed weight once.
 
     x (K,) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N,) f32.
     Scale and zero are applied once per group: y += s * sum(x*q) - s*z * sum(x).
     """
-    n_out, n_words = qweight.shape
-    n_groups = scales.shape[1]
-    words_per_group = n_words // n_groups
-    group_size = 8 * words_per_group
-    xsum = np.empty(n_groups, np.float32)
-    for g in range(n_groups):
-        xsum[g] = x[g * group_size : (g + 1) * group_size].sum()
-    for n in prange(n_out):
-        row = qweight[n]
-        acc = np.float32(0.0)
-        for g in range(n_groups):
-            xg = x[g * group_size : (g + 1) * group_size]
-            wg = row[g * words_per_group : (g + 1) * words_per_group]
-            dot = np.float32(0.0)
-            for j in range(words_per_group):
-                w = wg[j]
-                for i in range(8):
-                    dot += xg[8 * j + i] * np.float32((w >> np.int32(4 * i)) & np.int32(15))
-            acc += scales[n, g] * dot - szeros[n, g] * xsum[g]
-        out[n] = acc
+    n_words = qweight.shape[1]
+    xp = np.empty((8, n_words), np.float32)
+    xsum = np.empty(scales.shape[1], np.float32)
+    awq_prepare_input(x, xp, xsum)
+    word_dots = np.empty((GEMV_CHUNKS, n_words), np.float32)
+    awq_matvec(xp, xsum, qweight, scales, szeros, word_dots, out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

@@ -1,0 +1,137 @@
+"""The fast single-token step on the CPU: gpt-fast's ``decode_one_token``.
+
+``Model.forward`` is the readable reference. For one token on the CPU the
+model calls ``decode_one_token`` instead, which runs kernels/decode.py's
+``decode_step``: all layers in one compiled call, over the per-projection
+stacked (n_layers, ...) arrays that weights.py already holds, with every
+intermediate in scratch buffers made once here (no allocation per token but
+the returned logits). tests/test_decode.py checks the two paths agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.awq import GEMV_CHUNKS
+from ..kernels.decode import ATTN_CHUNK, decode_step
+from .cache import KVCache
+from .config import ModelConfig
+from .rope import cos_sin
+from .weights import AwqLinear, DenseLinear, ModelWeights
+
+PROJECTIONS = ("qkv", "o_proj", "gate_up", "down_proj")
+
+
+class DecodeState:
+    """What ``decode_step`` reads besides the cache: stacked weights, and scratch buffers."""
+
+    def __init__(self, config: ModelConfig, layers: tuple, norms: np.ndarray, final_norm: np.ndarray,
+                 lm_head: np.ndarray, embed):
+        c = self.config = config
+        self.layers = layers  # 4 stacked 5-tuples, see kernels/decode.py
+        self.norms = norms  # (L, 2, H) f32
+        self.final_norm = final_norm  # (H,) f32
+        self.lm_head = lm_head  # (V, H) f32
+        self.embed = embed  # Embedding: ids -> (T, H) f32
+        H, I = c.hidden_size, c.intermediate_size
+        k_max = max(H, c.q_size, I)
+        g_max = max(p[1].shape[2] for p in layers)
+        f32 = lambda *shape: np.zeros(shape, np.float32)
+        self.x = f32(H)
+        self.logits = f32(c.vocab_size)
+        self.vectors = (f32(H), f32(c.q_size + 2 * c.kv_size), f32(c.q_size), f32(2 * I), f32(I), f32(H),
+                        f32(k_max), f32(max(g_max, 1)), f32(GEMV_CHUNKS * (k_max // 8 + 1)))
+        self.capacity = 0
+        self.attn_scratch = ()
+
+    @classmethod
+    def build(cls, config: ModelConfig, weights: ModelWeights) -> "DecodeState | None":
+        """The state for ``weights``, or None when they are not in a layout decode_step takes."""
+        projections = []
+        for name in PROJECTIONS:
+            stacked = _stack_projection(weights.stacks.get(name, []), config.num_hidden_layers)
+            if stacked is None:
+                return None
+            projections.append(stacked)
+        norms = _stacked([a for layer in weights.layers for a in (layer.input_norm, layer.post_norm)])
+        head = weights.lm_head
+        if norms is None or type(head) is not DenseLinear or head.bias is not None or \
+                not head.weight.flags.c_contiguous:
+            return None
+        L, H = config.num_hidden_layers, config.hidden_size
+        return cls(config, tuple(projections), norms.reshape(L, 2, H), weights.norm, head.weight, weights.embed)
+
+    def attention_scratch(self, capacity: int) -> tuple:
+        """Scores and partial softmaxes for a cache of ``capacity`` positions (regrown when needed)."""
+        if capacity > self.capacity:
+            c = self.config
+            n_chunks = (capacity + ATTN_CHUNK - 1) // ATTN_CHUNK
+            heads = c.num_attention_heads
+            self.attn_scratch = (np.zeros((heads, capacity), np.float32),
+                                 np.zeros((heads, n_chunks, c.head_dim), np.float32),
+                                 np.zeros((heads, n_chunks), np.float32), np.zeros((heads, n_chunks), np.float32))
+            self.capacity = capacity
+        return self.attn_scratch
+
+
+def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarray:
+    """Logits (1, V) f32 for ``token`` at position cache.pos, advancing the cache by one.
+
+    The caller (Model.forward) has validated the token and the cache.
+    """
+    c = state.config
+    pos = cache.pos
+    cos, sin = cos_sin(c.rope, c.head_dim, c.max_position_embeddings, pos, 1)
+    state.x[:] = state.embed(np.array([token]))[0]
+    scratch = state.vectors + state.attention_scratch(cache.capacity)
+    decode_step(state.x, state.layers, state.norms, state.final_norm, state.lm_head, cache.k, cache.v, pos, cos[0], sin[0],
+                np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, state.logits)
+    cache.pos += 1
+    return state.logits[None, :].copy()
+
+
+def _stacked(views: list) -> np.ndarray | None:
+    """The (len(views), ...) C-contiguous array whose consecutive sub-arrays are ``views``, or None."""
+    first = views[0]
+    base = first.base
+    while base is not None and base.base is not None and base.size != len(views) * first.size:
+        base = base.base
+    if base is None or base.dtype != first.dtype or base.size != len(views) * first.size or \
+            not base.flags.c_contiguous or not first.flags.c_contiguous:
+        return None
+    start = base.__array_interface__["data"][0]
+    for i, v in enumerate(views):
+        if v.shape != first.shape or v.__array_interface__["data"][0] != start + i * first.nbytes:
+            return None
+    return base.reshape((len(views),) + first.shape)
+
+
+def _stack_projection(linears: list, n_layers: int) -> tuple | None:
+    """A projection's per-layer Linears -> decode_step's stacked 5-tuple, or None if not stackable."""
+    if len(linears) != n_layers:
+        return None
+    kinds = {type(lin) for lin in linears}
+    empty3 = lambda dtype: np.zeros((n_layers, 0, 0), dtype)
+    if kinds == {AwqLinear}:
+        arrays = [_stacked([getattr(lin, f) for lin in linears]) for f in ("qweight", "scales", "szeros")]
+        if any(a is None for a in arrays):
+            return None
+        arrays.append(empty3(np.float32))
+        n = linears[0].out_features
+    elif kinds == {DenseLinear}:
+        weight = _stacked([lin.weight for lin in linears])
+        if weight is None or weight.dtype != np.float32:
+            return None
+        arrays = [empty3(np.int32), empty3(np.float32), empty3(np.float32), weight]
+        n = weight.shape[1]
+    else:
+        return None
+    if linears[0].bias is None:
+        if any(lin.bias is not None for lin in linears):
+            return None
+        bias = np.zeros((n_layers, 0), np.float32)
+    else:
+        bias = _stacked([lin.bias for lin in linears])
+        if bias is None or bias.shape != (n_layers, n):
+            return None
+    return tuple(arrays) + (bias,)

@@ -1,0 +1,191 @@
+"""The whole single-token decode step as one compiled call (gpt-fast's ``decode_one_token``).
+
+model.py's ``decoder_layer`` is the readable reference: one kernel call per
+step, Python between them. Generating a token of a small model is ~300 such
+calls, and for SmolLM2-135M the Python between them costs as much as the math
+(PERF-NOTES 9). ``decode_step`` runs the same computation for one token over
+all layers with no Python in between and no allocation: every intermediate
+lives in a scratch buffer the caller made once (engine/decode.py).
+
+    x -> L x [ rmsnorm -> qkv (+bias) -> rope -> cache -> attention -> o_proj -> +x
+               rmsnorm -> gate_up -> silu(gate) * up -> down_proj -> +x ]
+      -> rmsnorm -> lm_head -> logits
+
+Each projection arrives stacked over layers as a 5-tuple
+``(qweight (L,N,K/8) i32, scales (L,N,G) f32, szeros (L,N,G) f32, weight (L,N,K) f32, bias (L,N) f32)``:
+an AWQ projection has an empty ``weight`` (L,0,0), a dense one empty AWQ
+arrays (L,0,0), and no bias is an empty (L,0) array, so one compiled function
+serves AWQ, dense and mixed models of either architecture.
+
+Parallel work (``prange``, both cores): the matrix-vector products (row chunks)
+and the attention (KV heads x position chunks, merged flash-decoding style).
+The small vector steps (norms, rope, silu, residual adds) run on one thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .awq import GEMV_CHUNKS, awq_matvec, awq_prepare_input
+from .dense import dense_gemv
+
+ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
+
+
+@njit(cache=True, fastmath=True)
+def rmsnorm_vec(x, weight, eps, out):
+    """x (H,) f32; weight (H,) f32; out (H,) f32 = x / sqrt(mean(x^2) + eps) * weight."""
+    hidden = x.shape[0]
+    ss = np.float32(0.0)
+    for i in range(hidden):
+        ss += x[i] * x[i]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(hidden) + np.float32(eps))
+    for i in range(hidden):
+        out[i] = x[i] * inv * weight[i]
+
+
+@njit(cache=True, fastmath=True)
+def rope_vec(v, cos, sin, n_rotated, head_dim):
+    """Rotate the first n_rotated heads of v (heads * D,) in place; cos, sin (D/2,) f32."""
+    half = head_dim // 2
+    for h in range(n_rotated):
+        a = v[h * head_dim : h * head_dim + half]
+        b = v[h * head_dim + half : (h + 1) * head_dim]
+        for i in range(half):
+            ai = a[i]
+            bi = b[i]
+            a[i] = ai * cos[i] - bi * sin[i]
+            b[i] = bi * cos[i] + ai * sin[i]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
+    """One query token's attention over cache positions 0..n_pos-1 (it sits at n_pos-1).
+
+    q (n_heads * D,) f32; k_cache, v_cache (KV, S, D) f32 of this layer; scores (n_heads, S) f32,
+    o_part (n_heads, C, D), m_part, l_part (n_heads, C) f32 scratch; out (n_heads * D,) f32.
+    Each task is one KV head over one chunk of positions: the KV rows are read once for
+    all query heads that share them, and the chunks' partial softmaxes are merged after.
+    """
+    n_kv, _, dim = k_cache.shape
+    n_heads = scores.shape[0]
+    group = n_heads // n_kv
+    n_chunks = min(o_part.shape[1], (n_pos + ATTN_CHUNK - 1) // ATTN_CHUNK)
+    scale = np.float32(1.0 / np.sqrt(dim))
+    for task in prange(n_kv * n_chunks):
+        kv = task // n_chunks
+        c = task % n_chunks
+        s0 = c * n_pos // n_chunks
+        s1 = (c + 1) * n_pos // n_chunks
+        keys = k_cache[kv, s0:s1]
+        vals = v_cache[kv, s0:s1]
+        for gi in range(group):
+            h = kv * group + gi
+            qh = q[h * dim : (h + 1) * dim]
+            sc = scores[h, s0:s1]
+            best = np.float32(-np.inf)
+            for s in range(s1 - s0):
+                krow = keys[s]
+                acc = np.float32(0.0)
+                for i in range(dim):
+                    acc += qh[i] * krow[i]
+                sc[s] = acc * scale
+                best = max(best, sc[s])
+            total = np.float32(0.0)
+            for s in range(s1 - s0):
+                e = np.exp(sc[s] - best)
+                sc[s] = e
+                total += e
+            o = o_part[h, c]
+            o[:] = 0.0
+            for s in range(s1 - s0):
+                p = sc[s]
+                vrow = vals[s]
+                for i in range(dim):
+                    o[i] += p * vrow[i]
+            m_part[h, c] = best
+            l_part[h, c] = total
+    for h in range(n_heads):
+        best = np.float32(-np.inf)
+        for c in range(n_chunks):
+            best = max(best, m_part[h, c])
+        total = np.float32(0.0)
+        oh = out[h * dim : (h + 1) * dim]
+        oh[:] = 0.0
+        for c in range(n_chunks):
+            w = np.exp(m_part[h, c] - best)
+            total += w * l_part[h, c]
+            oc = o_part[h, c]
+            for i in range(dim):
+                oh[i] += w * oc[i]
+        inv = np.float32(1.0) / total
+        for i in range(dim):
+            oh[i] *= inv
+
+
+@njit(cache=True, fastmath=True)
+def project(x, proj, layer, xp_buf, xsum_buf, dots_buf, out):
+    """out = x @ W + b for one token through layer ``layer`` of a stacked projection 5-tuple.
+
+    x (K,) f32; xp_buf, xsum_buf, dots_buf flat f32 scratch (at least K, G, GEMV_CHUNKS * K/8);
+    out (N,) f32.
+    """
+    qweight, scales, szeros, weight, bias = proj
+    if qweight.shape[1] > 0:
+        n_words = qweight.shape[2]
+        n_groups = scales.shape[2]
+        xp = xp_buf[: 8 * n_words].reshape((8, n_words))
+        xsum = xsum_buf[:n_groups]
+        dots = dots_buf[: GEMV_CHUNKS * n_words].reshape((GEMV_CHUNKS, n_words))
+        awq_prepare_input(x, xp, xsum)
+        awq_matvec(xp, xsum, qweight[layer], scales[layer], szeros[layer], dots, out)
+    else:
+        dense_gemv(x, weight[layer], out)
+    if bias.shape[1] > 0:
+        b = bias[layer]
+        for i in range(out.shape[0]):
+            out[i] += b[i]
+
+
+@njit(cache=True, fastmath=True)
+def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, cos, sin, eps, n_heads,
+                scratch, logits):
+    """Run one token through every layer and the lm_head; write f32 logits (V,).
+
+    x (H,) f32: the token's embedding, overwritten as the residual stream.
+    layers: (qkv, o_proj, gate_up, down_proj), each a stacked 5-tuple (module docstring).
+    norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
+    lm_head (V, H) f32; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
+    cos, sin (D/2,) f32 for position ``pos``; scratch: the tuple engine/decode.py makes.
+    """
+    qkv, o_proj, gate_up, down_proj = layers
+    h, qkv_out, attn, mlp, act, proj, xp, xsum, dots, scores, o_part, m_part, l_part = scratch
+    n_layers, n_kv, _, dim = k_cache.shape
+    q_size = n_heads * dim
+    inter = act.shape[0]
+    for l in range(n_layers):
+        # attention block
+        rmsnorm_vec(x, norms[l, 0], eps, h)
+        project(h, qkv, l, xp, xsum, dots, qkv_out)
+        rope_vec(qkv_out, cos, sin, n_heads + n_kv, dim)
+        kc = k_cache[l]
+        vc = v_cache[l]
+        for kh in range(n_kv):
+            kc[kh, pos] = qkv_out[q_size + kh * dim : q_size + (kh + 1) * dim]
+            vc[kh, pos] = qkv_out[q_size + (n_kv + kh) * dim : q_size + (n_kv + kh + 1) * dim]
+        attend_one(qkv_out[:q_size], kc, vc, pos + 1, scores, o_part, m_part, l_part, attn)
+        project(attn, o_proj, l, xp, xsum, dots, proj)
+        for i in range(x.shape[0]):
+            x[i] += proj[i]
+        # MLP block
+        rmsnorm_vec(x, norms[l, 1], eps, h)
+        project(h, gate_up, l, xp, xsum, dots, mlp)
+        for i in range(inter):
+            g = mlp[i]
+            act[i] = g / (np.float32(1.0) + np.exp(-g)) * mlp[inter + i]
+        project(act, down_proj, l, xp, xsum, dots, proj)
+        for i in range(x.shape[0]):
+            x[i] += proj[i]
+    rmsnorm_vec(x, final_norm, eps, h)
+    dense_gemv(h, lm_head, logits)
