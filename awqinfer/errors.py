@@ -19,3 +19,7 @@ class CheckpointError(AwqinferError, ValueError):
 
 class ModelNotFoundError(AwqinferError, LookupError):
     """A model name could not be resolved to files on this machine."""
+
+
+class DeviceError(AwqinferError, RuntimeError):
+    """The requested device cannot be used here: names what is missing (package, driver, GPU, compiler)."""

@@ -7,12 +7,13 @@ the same signatures, on an NVIDIA GPU (numba-cuda; see kernels/cuda/).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DeviceError, InputError
 from ..kernels import activations, attention, norm, rope
 
 
@@ -51,10 +52,21 @@ CPU = Backend(
 
 
 def get_backend(device: str = "cpu") -> Backend:
-    """The backend for ``device`` ('cpu' or 'cuda'); an unusable choice is a clear error."""
+    """The backend for ``device`` ('cpu' or 'cuda'); an unusable choice is a clear error.
+
+    'cuda' imports numba-cuda only here, when asked for: a CPU run never loads it.
+    Raises InputError for an unknown name, DeviceError when 'cuda' cannot run here
+    (numba-cuda not installed, no driver or GPU, no CUDA compiler libraries).
+    """
     if device == "cpu":
         return CPU
     if device == "cuda":
+        if importlib.util.find_spec("numba_cuda") is None:
+            raise DeviceError(
+                "device='cuda' needs the optional numba-cuda package, which is not installed: "
+                "pip install 'awqinfer[cuda]' (on a GPU machine also 'numba-cuda[cu12]' or '[cu13]' "
+                "to match the driver's CUDA version)"
+            )
         from ..kernels.cuda import cuda_backend  # imported only when asked for
 
         return cuda_backend()
