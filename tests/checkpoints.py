@@ -41,6 +41,10 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# deepseek-ai/deepseek-coder-6.7b-instruct, tokenizer_config.json "chat_template", verbatim (JSON and
+# Python escapes agree here). Its bos_token there is "<｜begin▁of▁sentence｜>", eos_token "<|EOT|>".
+DEEPSEEK_CODER_TEMPLATE = "{% if not add_generation_prompt is defined %}\n{% set add_generation_prompt = false %}\n{% endif %}\n{%- set ns = namespace(found=false) -%}\n{%- for message in messages -%}\n    {%- if message['role'] == 'system' -%}\n        {%- set ns.found = true -%}\n    {%- endif -%}\n{%- endfor -%}\n{{bos_token}}{%- if not ns.found -%}\n{{'You are an AI programming assistant, utilizing the Deepseek Coder model, developed by Deepseek Company, and you only answer questions related to computer science. For politically sensitive questions, security and privacy issues, and other non-computer science questions, you will refuse to answer\\n'}}\n{%- endif %}\n{%- for message in messages %}\n    {%- if message['role'] == 'system' %}\n{{ message['content'] }}\n    {%- else %}\n        {%- if message['role'] == 'user' %}\n{{'### Instruction:\\n' + message['content'] + '\\n'}}\n        {%- else %}\n{{'### Response:\\n' + message['content'] + '\\n<|EOT|>\\n'}}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n{% if add_generation_prompt %}\n{{'### Response:'}}\n{% endif %}"
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Hello, world!",
     "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
@@ -270,3 +274,15 @@ def make_model(directory: Path, arch: str = "llama", *, awq_group: int | None = 
         config["bos_token_id"] = None
     template = LLAMA2_TEMPLATE if arch == "llama" else CHATML_TEMPLATE
     return write_checkpoint(directory, config, tensors, shards=shards, tokenizer=style, chat_template=template)
+
+
+def set_chat_template(directory: Path, template: str | None, **special_tokens) -> Path:
+    """Rewrite a checkpoint's tokenizer_config.json with another chat template (None: remove it) and tokens."""
+    path = Path(directory) / "tokenizer_config.json"
+    tc = json.loads(path.read_text(encoding="utf-8"))
+    tc.pop("chat_template", None)
+    if template is not None:
+        tc["chat_template"] = template
+    tc.update(special_tokens)
+    path.write_text(json.dumps(tc, indent=2, ensure_ascii=False), encoding="utf-8")
+    return Path(directory)

@@ -1,0 +1,137 @@
+"""Chat templates: our sandboxed rendering against transformers' apply_chat_template, for the three
+template formats of the seed models (Llama-2 [INST] <<SYS>>, DeepSeek-Coder instruct, Qwen ChatML).
+
+Both the rendered text and the prompt ids are compared (the ids show that the BOS the template
+writes is not doubled by the tokenizer's post-processor).
+"""
+
+import json
+import shutil
+
+import pytest
+
+import awqinfer
+from awqinfer import InputError
+from awqinfer.engine.inputs import parse_inputs
+from awqinfer.engine.tokenizer import Tokenizer
+from checkpoints import DEEPSEEK_CODER_TEMPLATE, set_chat_template
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the origin of the phrase Hello, World"}],
+    [{"role": "system", "content": "You are a friendly assistant"},
+     {"role": "user", "content": "Why is pizza so good"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hi there  "},
+     {"role": "assistant", "content": "Hello! 😀"}, {"role": "user", "content": "日本語で話して"}],
+    [{"role": "user", "content": "def f(x):\n    return x"}, {"role": "assistant", "content": "ok"},
+     {"role": "user", "content": "more"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_deepseek(tiny_llama, tmp_path_factory):
+    """The tiny Llama checkpoint with DeepSeek-Coder-instruct's real template (BOS/EOS of the tiny vocab)."""
+    directory = tmp_path_factory.mktemp("deepseek") / "model"
+    shutil.copytree(tiny_llama, directory)
+    return set_chat_template(directory, DEEPSEEK_CODER_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_llama, tiny_qwen2, tiny_deepseek):
+    return {"llama2": tiny_llama, "chatml": tiny_qwen2, "deepseek": tiny_deepseek}
+
+
+def hf_tokenizer(directory):
+    """transformers' fast tokenizer over exactly this tokenizer.json and tokenizer_config.json.
+
+    (AutoTokenizer would pick Qwen2Tokenizer for model_type qwen2, which in transformers 5
+    replaces tokenizer.json's pre-tokenizer with Qwen2's own regex.)
+    """
+    transformers = pytest.importorskip("transformers")
+    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("tokenizer_class", None)
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **config)
+
+
+def hf_ids(hf, messages, add_generation_prompt):
+    out = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.parametrize("fmt", ["llama2", "chatml", "deepseek"])
+def test_rendering_and_ids_match_transformers(checkpoints, fmt):
+    hf = hf_tokenizer(checkpoints[fmt])
+    ours = Tokenizer(checkpoints[fmt])
+    assert ours.has_chat_template
+    for messages in CONVERSATIONS:
+        for add_generation_prompt in (True, False):
+            expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            assert ours.apply_chat_template(messages, add_generation_prompt) == expected
+        assert ours.encode_chat(messages) == hf_ids(hf, messages, True)
+
+
+def test_the_three_formats_look_as_expected(checkpoints):
+    messages = CONVERSATIONS[1]
+    llama = Tokenizer(checkpoints["llama2"]).apply_chat_template(messages)
+    assert llama == "<s>[INST] <<SYS>>\nYou are a friendly assistant\n<</SYS>>\n\nWhy is pizza so good [/INST]"
+    chatml = Tokenizer(checkpoints["chatml"]).apply_chat_template(messages)
+    assert chatml.endswith("<|im_start|>user\nWhy is pizza so good<|im_end|>\n<|im_start|>assistant\n")
+    deepseek = Tokenizer(checkpoints["deepseek"]).apply_chat_template(messages)
+    assert deepseek == "<s>You are a friendly assistant### Instruction:\nWhy is pizza so good\n### Response:\n"
+    default_system = Tokenizer(checkpoints["deepseek"]).apply_chat_template(CONVERSATIONS[0])
+    assert "utilizing the Deepseek Coder model" in default_system
+
+
+def test_single_bos_when_the_template_writes_it(checkpoints):
+    tok = Tokenizer(checkpoints["llama2"])
+    ids = tok.encode_chat(CONVERSATIONS[0])
+    assert ids[0] == 1 and ids[1] != 1
+
+
+def test_prompt_goes_through_the_template_as_a_user_message(checkpoints):
+    llm = awqinfer.load(checkpoints["chatml"])
+    tok = llm.tokenizer
+    as_prompt = llm.prompt_ids(parse_inputs({"prompt": "Tell me a story"}))
+    as_messages = llm.prompt_ids(parse_inputs({"messages": [{"role": "user", "content": "Tell me a story"}]}))
+    assert as_prompt == as_messages
+    raw = llm.prompt_ids(parse_inputs({"prompt": "Tell me a story", "raw": True}))
+    assert raw == tok.encode("Tell me a story")
+
+
+def test_raw_prompt_gets_one_bos(checkpoints):
+    tok = Tokenizer(checkpoints["llama2"])
+    assert tok.encode_raw("Hello")[:2] == [1, tok.encode("Hello", add_special_tokens=False)[0]]
+    already = tok.encode_raw("<s>[INST] Hello [/INST]")
+    assert already[0] == 1 and already[1] != 1
+
+
+def test_template_exceptions_become_input_errors(checkpoints):
+    tok = Tokenizer(checkpoints["llama2"])
+    with pytest.raises(InputError, match="messages: .*alternate user/assistant"):
+        tok.apply_chat_template([{"role": "assistant", "content": "I start"}])
+
+
+def test_checkpoint_without_template_gets_the_plain_fallback(tiny_qwen2, tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, directory)
+    set_chat_template(directory, None)
+    tok = Tokenizer(directory)
+    assert not tok.has_chat_template
+    text = tok.apply_chat_template(CONVERSATIONS[1])
+    assert text == "system: You are a friendly assistant\nuser: Why is pizza so good\nassistant:"
+    set_chat_template(directory, None, bos_token="<|endoftext|>")
+    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0]).startswith("<|endoftext|>user: ")
+
+
+def test_chat_template_jinja_file_wins(tiny_qwen2, tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, directory)
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['content'] }}>{% endfor %}")
+    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0]) == "<What is the origin of the phrase Hello, World>"
+
+
+def test_templates_run_sandboxed(tiny_qwen2, tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, directory)
+    set_chat_template(directory, "{{ messages.append({'role': 'x'}) }}{{ ''.__class__.__mro__ }}")
+    with pytest.raises(InputError, match="messages:"):
+        Tokenizer(directory).apply_chat_template(CONVERSATIONS[0])
