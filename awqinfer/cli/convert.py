@@ -1,0 +1,37 @@
+"""``awqinfer convert GGUF OUT``: a Llama GGUF file -> a Hugging Face checkpoint directory."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from ..engine.gguf import convert_gguf
+from ..engine.quantize import quantize
+from .common import EXIT_USAGE, fail, ranged
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="convert a GGUF file to a Hugging Face checkpoint",
+                              description="Convert a Llama GGUF file to a Hugging Face directory (float32 "
+                                          "safetensors, tokenizer.json, chat template); with --awq, "
+                                          "quantize it to AWQ 4-bit as well.")
+    p.add_argument("gguf", metavar="GGUF", help="the .gguf file")
+    p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
+    p.add_argument("--awq", action="store_true", help="write an AWQ 4-bit checkpoint instead of float32")
+    p.add_argument("--group-size", type=ranged(int, 8, None), default=64, help="AWQ group size (default 64)")
+    p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="the quantizer with --awq (default awq)")
+
+
+def main(args) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return fail(f"{out} already exists and is not an empty directory", EXIT_USAGE)
+    if not args.awq:
+        convert_gguf(args.gguf, out, progress=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="awqinfer-convert-") as tmp:
+            fp32 = convert_gguf(args.gguf, Path(tmp) / "fp32", progress=True)
+            quantize(fp32, out, method=args.method, group_size=args.group_size, progress=True)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

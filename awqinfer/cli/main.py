@@ -1,0 +1,41 @@
+"""``awqinfer``: the command line. Each subcommand is a module with ``add_parser`` and ``main``."""
+
+from __future__ import annotations
+
+import sys
+
+import awqinfer
+
+from . import chat, convert, models, run
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail
+
+COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert}  # name -> module
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="awqinfer", description="Run AWQ 4-bit (and int8) LLMs locally with the Workers AI "
+                                                 "text-generation interface.")
+    parser.add_argument("--version", action="version", version=f"awqinfer {awqinfer.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for command in COMMANDS.values():
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].main(args)
+    except awqinfer.InputError as e:
+        return fail(str(e), EXIT_USAGE)
+    except awqinfer.AwqinferError as e:
+        return fail(str(e), EXIT_ERROR)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `awqinfer run ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    except OSError as e:
+        return fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), EXIT_ERROR)
