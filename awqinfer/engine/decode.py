@@ -14,6 +14,7 @@ import numpy as np
 
 from ..kernels.awq import GEMV_CHUNKS
 from ..kernels.decode import ATTN_CHUNK, decode_step
+from ..kernels.int8 import quantize_int8
 from .cache import KVCache
 from .config import ModelConfig
 from .rope import cos_sin
@@ -26,12 +27,12 @@ class DecodeState:
     """What ``decode_step`` reads besides the cache: stacked weights, and scratch buffers."""
 
     def __init__(self, config: ModelConfig, layers: tuple, norms: np.ndarray, final_norm: np.ndarray,
-                 lm_head: np.ndarray, embed):
+                 lm_head: tuple, embed):
         c = self.config = config
         self.layers = layers  # 4 stacked 5-tuples, see kernels/decode.py
         self.norms = norms  # (L, 2, H) f32
         self.final_norm = final_norm  # (H,) f32
-        self.lm_head = lm_head  # (V, H) f32
+        self.lm_head = lm_head  # (weight (V, H) f32, q8 (V, H) int8 or (0, 0), scales (V,) f32 or (0,))
         self.embed = embed  # Embedding: ids -> (T, H) f32
         H, I = c.hidden_size, c.intermediate_size
         k_max = max(H, c.q_size, I)
@@ -45,8 +46,13 @@ class DecodeState:
         self.attn_scratch = ()
 
     @classmethod
-    def build(cls, config: ModelConfig, weights: ModelWeights) -> "DecodeState | None":
-        """The state for ``weights``, or None when they are not in a layout decode_step takes."""
+    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = False) -> "DecodeState | None":
+        """The state for ``weights``, or None when they are not in a layout decode_step takes.
+
+        ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
+        vocabulary row, kernels/int8.py), a quarter of the bytes of the largest matrix of a
+        small model; the logits then differ from the reference by the int8 rounding.
+        """
         projections = []
         for name in PROJECTIONS:
             stacked = _stack_projection(weights.stacks.get(name, []), config.num_hidden_layers)
@@ -59,7 +65,11 @@ class DecodeState:
                 not head.weight.flags.c_contiguous:
             return None
         L, H = config.num_hidden_layers, config.hidden_size
-        return cls(config, tuple(projections), norms.reshape(L, 2, H), weights.norm, head.weight, weights.embed)
+        if lm_head_int8:
+            head_tuple = (np.zeros((0, 0), np.float32),) + quantize_int8(head.weight)
+        else:
+            head_tuple = (head.weight, np.zeros((0, 0), np.int8), np.zeros(0, np.float32))
+        return cls(config, tuple(projections), norms.reshape(L, 2, H), weights.norm, head_tuple, weights.embed)
 
     def attention_scratch(self, capacity: int) -> tuple:
         """Scores and partial softmaxes for a cache of ``capacity`` positions (regrown when needed)."""

@@ -33,6 +33,7 @@ class Model:
         self.backend = backend
         self.weights = backend.upload(weights)
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
+        self.fast_lm_head_int8 = False  # decode_one_token reads an int8 copy of lm_head (engine/decode.py)
         self._decode_state = None  # built on first use; False when the weights do not allow it
 
     @classmethod
@@ -73,7 +74,7 @@ class Model:
     def _fast_state(self) -> bool:
         """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
         if self._decode_state is None:
-            ok = self.backend is CPU and DecodeState.build(self.config, self.weights)
+            ok = self.backend is CPU and DecodeState.build(self.config, self.weights, self.fast_lm_head_int8)
             self._decode_state = ok or False
         return self._decode_state is not False
 

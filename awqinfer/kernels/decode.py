@@ -29,6 +29,7 @@ from numba import njit, prange
 
 from .awq import GEMV_CHUNKS, awq_matvec, awq_prepare_input
 from .dense import dense_gemv
+from .int8 import int8_gemv
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 
@@ -156,7 +157,7 @@ def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, co
     x (H,) f32: the token's embedding, overwritten as the residual stream.
     layers: (qkv, o_proj, gate_up, down_proj), each a stacked 5-tuple (module docstring).
     norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
-    lm_head (V, H) f32; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
+    lm_head: (weight (V, H) f32, q8 (V, H) int8, scales8 (V,) f32), q8 empty (0, 0) for the f32 weight; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
     cos, sin (D/2,) f32 for position ``pos``; scratch: the tuple engine/decode.py makes.
     """
     qkv, o_proj, gate_up, down_proj = layers
@@ -188,4 +189,8 @@ def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, co
         for i in range(x.shape[0]):
             x[i] += proj[i]
     rmsnorm_vec(x, final_norm, eps, h)
-    dense_gemv(h, lm_head, logits)
+    head, head_q8, head_s8 = lm_head
+    if head_q8.shape[0] > 0:
+        int8_gemv(h, head_q8, head_s8, logits)
+    else:
+        dense_gemv(h, head, logits)

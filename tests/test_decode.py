@@ -1,0 +1,81 @@
+"""The compiled decode step (decode_one_token) against the readable forward pass."""
+
+import numpy as np
+import pytest
+
+from awqinfer.engine.decode import DecodeState
+from awqinfer.engine.model import Model
+from awqinfer.engine.weights import DenseLinear
+from awqinfer.kernels.int8 import dequantize_int8
+
+FIXTURES = ["tiny_llama", "tiny_qwen2", "tiny_llama_awq", "tiny_qwen2_awq"]
+
+
+def _fast_and_reference(model, prompt, steps):
+    """Prefill both caches, then feed the same tokens one at a time through each path."""
+    fast_cache, ref_cache = model.new_cache(64), model.new_cache(64)
+    model.forward(prompt, fast_cache)
+    model.forward(prompt, ref_cache)
+    fast, ref = [], []
+    for token in steps:
+        fast.append(model.forward([token], fast_cache, fast=True))
+        ref.append(model.forward([token], ref_cache, fast=False))
+    return np.concatenate(fast), np.concatenate(ref), fast_cache, ref_cache
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_fast_decode_equals_reference(fixture, request):
+    model = Model.load(request.getfixturevalue(fixture))
+    assert model._fast_state(), "the fast path must be available for dense and AWQ checkpoints"
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(0, model.config.vocab_size, 11)
+    steps = rng.integers(0, model.config.vocab_size, 20)
+    fast, ref, fast_cache, ref_cache = _fast_and_reference(model, prompt, steps)
+    assert fast.shape == ref.shape == (len(steps), model.config.vocab_size)
+    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert fast_cache.pos == ref_cache.pos == len(prompt) + len(steps)
+    np.testing.assert_allclose(fast_cache.k, ref_cache.k, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast_cache.v, ref_cache.v, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_decode_with_int8_lm_head(tiny_qwen2_awq):
+    """With the int8 lm_head copy the fast path equals a reference whose lm_head is that copy."""
+    model = Model.load(tiny_qwen2_awq)
+    model.fast_lm_head_int8 = True
+    assert model._fast_state()
+    _, q8, s8 = model._decode_state.lm_head
+    assert q8.dtype == np.int8 and q8.shape == model.weights.lm_head.weight.shape
+    original = model.weights.lm_head
+    rng = np.random.default_rng(2)
+    prompt, steps = rng.integers(0, model.config.vocab_size, 7), rng.integers(0, model.config.vocab_size, 9)
+    fast, ref_f32, _, _ = _fast_and_reference(model, prompt, steps)
+    model.weights.lm_head = DenseLinear(dequantize_int8(q8, s8))
+    _, ref_int8, _, _ = _fast_and_reference(model, prompt, steps)
+    model.weights.lm_head = original
+    np.testing.assert_allclose(fast, ref_int8, rtol=1e-4, atol=1e-4 * np.abs(ref_int8).max())
+    # and the int8 rounding is visible but small against the f32 head
+    assert 0 < np.abs(fast - ref_f32).max() < 0.05 * np.abs(ref_f32).max()
+
+
+def test_readable_path_stays_selectable(tiny_llama):
+    model = Model.load(tiny_llama)
+    model.fast = False
+    cache = model.new_cache(8)
+    model.forward([3], cache)
+    assert model._decode_state is None  # never built: every token went through the reference
+    model.fast = True
+    model.forward([4], cache)
+    assert isinstance(model._decode_state, DecodeState)
+
+
+def test_unstackable_weights_fall_back_to_reference(tiny_llama):
+    """Weights that are not views into stacked arrays make the fast path unavailable, not wrong."""
+    model = Model.load(tiny_llama)
+    layer = model.weights.stacks["o_proj"][1]
+    model.weights.stacks["o_proj"][1] = DenseLinear(layer.weight.copy())
+    model.weights.layers[1].o_proj = model.weights.stacks["o_proj"][1]
+    cache_a, cache_b = model.new_cache(8), model.new_cache(8)
+    a = model.forward([5], cache_a)
+    b = model.forward([5], cache_b, fast=False)
+    assert model._decode_state is False
+    np.testing.assert_array_equal(a, b)

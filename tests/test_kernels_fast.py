@@ -1,0 +1,129 @@
+"""The optimised CPU kernels against plain numpy references (no timing here: benchmarks/ measures)."""
+
+import numpy as np
+import pytest
+
+from awqinfer.kernels import awq, decode
+from awqinfer.kernels.attention import attention
+from awqinfer.kernels.awq import awq_dequantize, awq_gemm, awq_gemv
+
+
+def _kernel_layout(rng, n, k, group):
+    """Random kernel-layout AWQ weights, every nibble value 0..15 (so sign bits are set too)."""
+    qweight = rng.integers(-(2**31), 2**31, size=(n, k // 8), dtype=np.int64).astype(np.int32)
+    scales = rng.uniform(0.001, 0.05, size=(n, k // group)).astype(np.float32)
+    szeros = scales * rng.integers(0, 16, size=(n, k // group)).astype(np.float32)
+    return qweight, scales, szeros
+
+
+def _reference_weight(qweight, scales, szeros):
+    """Plain numpy dequantisation of the kernel layout: nibble i of word j is input 8j+i."""
+    n, words = qweight.shape
+    q = (qweight.view(np.uint32)[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15
+    group = words * 8 // scales.shape[1]
+    s = np.repeat(scales, group, axis=1)
+    sz = np.repeat(szeros, group, axis=1)
+    return q.reshape(n, words * 8).astype(np.float64) * s - sz
+
+
+@pytest.mark.parametrize("n,k,group", [(8, 64, 32), (96, 576, 64), (37 * 8, 1536, 64), (64, 1024, 128)])
+def test_awq_gemv_matches_numpy(n, k, group):
+    rng = np.random.default_rng(n + k)
+    qweight, scales, szeros = _kernel_layout(rng, n, k, group)
+    x = rng.standard_normal(k).astype(np.float32)
+    want = _reference_weight(qweight, scales, szeros) @ x.astype(np.float64)
+    out = np.full(n, np.nan, np.float32)
+    awq_gemv(x, qweight, scales, szeros, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("n_tokens", [2, 7, 33])
+def test_awq_gemm_and_dequantize_match_numpy(n_tokens):
+    rng = np.random.default_rng(n_tokens)
+    n, k, group = 72, 256, 64
+    qweight, scales, szeros = _kernel_layout(rng, n, k, group)
+    w = _reference_weight(qweight, scales, szeros)
+    deq = np.empty((n, k), np.float32)
+    awq_dequantize(qweight, scales, szeros, deq)
+    np.testing.assert_allclose(deq, w, rtol=1e-6, atol=1e-6)
+    x = rng.standard_normal((n_tokens, k)).astype(np.float32)
+    out = np.full((n_tokens, n), np.nan, np.float32)
+    awq_gemm(x, qweight, scales, szeros, out)
+    want = x.astype(np.float64) @ w.T
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _attention_reference(q, k, v, n_pos):
+    """softmax(q k^T / sqrt(D)) v over positions 0..n_pos-1, in float64. q (H, D); k, v (KV, S, D)."""
+    heads, dim = q.shape
+    group = heads // k.shape[0]
+    out = np.empty((heads, dim))
+    for h in range(heads):
+        s = k[h // group, :n_pos].astype(np.float64) @ q[h] / np.sqrt(dim)
+        p = np.exp(s - s.max())
+        out[h] = (p / p.sum()) @ v[h // group, :n_pos]
+    return out
+
+
+@pytest.mark.parametrize("n_pos", [1, 5, decode.ATTN_CHUNK, 2 * decode.ATTN_CHUNK + 77])
+def test_attend_one_matches_numpy(n_pos):
+    """The decode attention, including the merge of several position chunks."""
+    rng = np.random.default_rng(n_pos)
+    heads, kv, dim, capacity = 9, 3, 64, 3 * decode.ATTN_CHUNK
+    k = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
+    v = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
+    q = rng.standard_normal(heads * dim).astype(np.float32)
+    chunks = -(-capacity // decode.ATTN_CHUNK)
+    scratch = (np.zeros((heads, capacity), np.float32), np.zeros((heads, chunks, dim), np.float32),
+               np.zeros((heads, chunks), np.float32), np.zeros((heads, chunks), np.float32))
+    out = np.full(heads * dim, np.nan, np.float32)
+    decode.attend_one(q, k, v, n_pos, *scratch, out)
+    want = _attention_reference(q.reshape(heads, dim), k, v, n_pos)
+    np.testing.assert_allclose(out.reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_tokens,start", [(1, 0), (5, 0), (4, 9), (40, 3)])
+def test_prefill_attention_matches_numpy(n_tokens, start):
+    """The Backend's attention kernel: causal, GQA, new tokens after ``start`` cached ones."""
+    rng = np.random.default_rng(n_tokens * 100 + start)
+    heads, kv, dim, capacity = 6, 2, 16, 64
+    k = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
+    v = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
+    qkv = rng.standard_normal((n_tokens, (heads + 2 * kv) * dim)).astype(np.float32)
+    out = np.full((n_tokens, heads * dim), np.nan, np.float32)
+    attention(qkv, k, v, start, heads, out)
+    for t in range(n_tokens):
+        want = _attention_reference(qkv[t, : heads * dim].reshape(heads, dim), k, v, start + t + 1)
+        np.testing.assert_allclose(out[t].reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+
+
+def test_rmsnorm_and_rope_vectors_match_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(96).astype(np.float32)
+    w = rng.standard_normal(96).astype(np.float32)
+    out = np.empty_like(x)
+    decode.rmsnorm_vec(x, w, 1e-5, out)
+    want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-5) * w
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+    dim, heads = 16, 5
+    v = rng.standard_normal(heads * dim).astype(np.float32)
+    angles = rng.uniform(-3, 3, dim // 2)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    rotated = v.copy()
+    decode.rope_vec(rotated, cos, sin, 3, dim)
+    want = v.reshape(heads, dim).astype(np.float64).copy()
+    a, b = want[:3, : dim // 2].copy(), want[:3, dim // 2 :].copy()
+    want[:3, : dim // 2] = a * cos - b * sin
+    want[:3, dim // 2 :] = b * cos + a * sin
+    np.testing.assert_allclose(rotated.reshape(heads, dim), want, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_input_layout():
+    x = np.arange(128, dtype=np.float32)
+    xp = np.empty((8, 16), np.float32)
+    xsum = np.empty(2, np.float32)
+    awq.awq_prepare_input(x, xp, xsum)
+    assert xp[3, 5] == x[8 * 5 + 3]
+    np.testing.assert_array_equal(xp.T.reshape(-1), x)
+    np.testing.assert_allclose(xsum, [x[:64].sum(), x[64:].sum()])
