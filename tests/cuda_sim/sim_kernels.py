@@ -218,7 +218,7 @@ def test_attention_over_several_chunks():
     n_heads, n_kv, dim, capacity, start = 2, 1, 8, 140, 135
     k_cache = rng.standard_normal((n_kv, capacity, dim)).astype(np.float32) * 2  # a filled history
     v_cache = rng.standard_normal((n_kv, capacity, dim)).astype(np.float32)
-    k_cache[:, 100] *= 4  # a peaked score far from the newest chunk
+    k_cache[:, 131] *= 4  # the largest scores arrive in the second chunk: earlier sums get rescaled
     dk, dv = on_device(k_cache, v_cache)
     qkv = rng.standard_normal((2, (n_heads + 2 * n_kv) * dim)).astype(np.float32)
     cpu, got = run_attention(qkv, k_cache, v_cache, start, n_heads, dk, dv)

@@ -61,7 +61,7 @@ def _check_device(cuda) -> None:
             cuda.current_context()
             reason = "numba-cuda found no CUDA-capable GPU"
         except Exception as e:  # the driver's own words: no libcuda, no device, driver too old
-            reason = " ".join(str(e).split()) or type(e).__name__
+            reason = " ".join(str(e).split()).rstrip(" :") or type(e).__name__
         raise DeviceError(f"device='cuda' needs an NVIDIA GPU and its driver, and none is usable here: {reason}")
     try:
         from .activations import zeros
