@@ -1,8 +1,8 @@
 """awqinfer: a readable LLM inference engine for AWQ 4-bit checkpoints, in Python and Numba."""
 
 from .engine.registry import load
-from .engine.runner import LLM
+from .engine.runner import LLM, run
 from .errors import AwqinferError, CheckpointError, InputError, ModelNotFoundError
 
-__all__ = ["load", "LLM", "AwqinferError", "CheckpointError", "InputError", "ModelNotFoundError"]
+__all__ = ["load", "run", "LLM", "AwqinferError", "CheckpointError", "InputError", "ModelNotFoundError"]
 __version__ = "0.1.0"

@@ -1,10 +1,26 @@
-"""LLM: a loaded model with its tokenizer, the object ``awqinfer.load`` returns."""
+"""LLM: a loaded model with its tokenizer, the object ``awqinfer.load`` returns, and ``run``.
+
+``LLM.run(inputs)`` is the Workers AI text-generation call, in layers:
+
+    inputs -> Request (inputs.py) -> prompt ids (chat template or raw) -> generate_tokens
+           -> text chunks {"response": ...}, the last with "usage" and "finish_reason"
+           -> with stream=False, the chunks joined into one result
+
+The non-streamed result is built by joining the stream, so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
+from contextlib import closing
 from pathlib import Path
+from typing import Iterator
 
+from .generate import check_prompt, generate_tokens
+from .inputs import Request, parse_inputs
 from .model import Model
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
 
@@ -15,8 +31,71 @@ class LLM:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        # generation stops at any EOS: config.json's and generation_config.json's, and the tokenizer's
+        self.stop_ids = frozenset(model.config.eos_token_ids) | tokenizer.eos_token_ids
 
     @classmethod
     def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu") -> "LLM":
         """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``."""
         return cls(Model.load(directory, device), Tokenizer(directory), name or str(directory))
+
+    def run(self, inputs: dict):
+        """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
+
+        Result: {"response": str, "usage": {prompt_tokens, completion_tokens, total_tokens},
+        "finish_reason": "stop" | "length"}. Chunks: {"response": str}, the last one also
+        with "usage" and "finish_reason". Bad inputs raise InputError here, before any
+        chunk, also when streaming.
+        """
+        request = parse_inputs(inputs)
+        prompt_ids = self.prompt_ids(request)
+        check_prompt(self.model, prompt_ids)
+        chunks = self._chunks(prompt_ids, request.sampling)
+        return chunks if request.stream else join_chunks(chunks)
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The prompt as token ids: messages and non-raw prompts go through the chat template."""
+        if request.messages is not None:
+            return self.tokenizer.encode_chat(request.messages)
+        if request.raw:
+            return self.tokenizer.encode_raw(request.prompt)
+        return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
+
+    def _chunks(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[dict]:
+        """Generated tokens -> text chunks; stop tokens count as output but add no text."""
+        decoder = self.tokenizer.stream_decoder()
+        with closing(generate_tokens(self.model, prompt_ids, params, self.stop_ids)) as tokens:
+            for n, (token, reason) in enumerate(tokens, start=1):
+                text = "" if token in self.stop_ids else decoder.add(token)
+                if reason is None:
+                    if text:
+                        yield {"response": text}
+                    continue
+                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
+                         "total_tokens": len(prompt_ids) + n}
+                yield {"response": text + decoder.finish(), "usage": usage, "finish_reason": reason}
+
+
+def join_chunks(chunks) -> dict:
+    """The non-streamed result: the chunks' text joined, the usage and finish reason of the last."""
+    texts, last = [], {}
+    for chunk in chunks:
+        texts.append(chunk["response"])
+        last = chunk
+    return {"response": "".join(texts), "usage": last["usage"], "finish_reason": last["finish_reason"]}
+
+
+_LOADED: OrderedDict = OrderedDict()  # (model, device) -> LLM, most recently used last
+KEEP_LOADED = 2
+
+
+def run(model, inputs: dict, device: str = "cpu"):
+    """One-shot ``load(model, device).run(inputs)``; the last KEEP_LOADED models stay loaded for reuse."""
+    from .registry import load  # registry imports this module, so the import waits until first use
+
+    key = (os.fspath(model) if isinstance(model, os.PathLike) else model, device)
+    llm = _LOADED.pop(key, None) or load(model, device)
+    _LOADED[key] = llm
+    while len(_LOADED) > KEEP_LOADED:
+        _LOADED.popitem(last=False)
+    return llm.run(inputs)
