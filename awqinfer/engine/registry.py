@@ -77,7 +77,7 @@ def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool
     """``model`` -> (checkpoint directory on this machine, whether to load it as int8)."""
     if model is None or str(model) == DEFAULT_NAME:
         return default_model_dir(progress=progress), False
-    if isinstance(model, Path) or Path(str(model)).expanduser().is_dir():
+    if isinstance(model, Path) or (str(model).strip() and Path(str(model)).expanduser().is_dir()):
         path = Path(model).expanduser()
         if not path.is_dir():
             raise ModelNotFoundError(f"model {str(model)!r}: no such directory")
@@ -184,10 +184,11 @@ def default_model_dir(progress: bool = True) -> Path:
     from .quantize import quantize
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(target)
     if progress:
         print(f"awqinfer: building the default model once ({DEFAULT_METHOD.upper()} 4-bit, group "
               f"{DEFAULT_GROUP_SIZE}) into {target}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build-{os.getpid()}-") as tmp:
         fp32 = convert_gguf(gguf_path, Path(tmp) / "fp32", progress=progress)
         built = quantize(fp32, Path(tmp) / "awq", method=DEFAULT_METHOD, group_size=DEFAULT_GROUP_SIZE,
                          progress=progress)
@@ -198,6 +199,18 @@ def default_model_dir(progress: bool = True) -> Path:
             if not target.is_dir():  # anything but "another process finished first" is a real error
                 raise
     return target
+
+
+def _remove_dead_builds(target: Path) -> None:
+    """Delete the temp directories of builds whose process was killed (SIGKILL skips every cleanup)."""
+    for build in target.parent.glob(f".{target.name}.build-*"):
+        try:
+            pid = int(build.name.rsplit(".build-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)  # signal 0 only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(build, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            pass  # not ours to judge: leave it
 
 
 def known_models() -> list[dict]:
