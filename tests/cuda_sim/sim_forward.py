@@ -136,3 +136,17 @@ def test_no_gpu_is_a_clear_error(monkeypatch):
             get_backend("cuda")
     finally:
         cuda_backend.cache_clear()
+
+
+def test_weights_without_cuda_kernels_are_a_clear_error(checkpoints):
+    from awqinfer.engine.weights import Linear
+    from awqinfer.errors import DeviceError
+
+    class Ternary(Linear):  # a format the device has no kernels for
+        bias = None
+
+    config = ModelConfig.load(checkpoints["qwen2_tied"])
+    weights = load_weights(Checkpoint(checkpoints["qwen2_tied"]), config)
+    weights.lm_head = Ternary()
+    with pytest.raises(DeviceError, match="no CUDA kernels for Ternary weights"):
+        get_backend("cuda").upload(weights)

@@ -45,8 +45,9 @@ def awq_weights(rng, n, k, group):
 
 # (N, K, group): lanes per row 4, 32 (40 words: 8 lanes do 2), 16, 4 (6 words: uneven), 8 (group = 1 word)
 GEMV_SHAPES = [(24, 64, 32), (40, 320, 64), (12, 256, 128), (16, 48, 16), (8, 96, 8)]
-# (T, N, K, group): partial N tile + 3 K steps; partial T tile + partial K step + g=8; one group over 4 K steps
-GEMM_SHAPES = [(5, 72, 96, 32), (33, 16, 40, 8), (2, 8, 128, 128)]
+# (T, N, K, group): partial N tile + one group per K step; partial T tile + partial K step + 4 groups
+# per step; one group over 2 K steps; one group over 4 K steps
+GEMM_SHAPES = [(5, 72, 96, 32), (33, 16, 40, 8), (3, 24, 192, 64), (2, 8, 128, 128)]
 
 
 @pytest.mark.parametrize("n,k,group", GEMV_SHAPES)
