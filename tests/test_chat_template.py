@@ -126,7 +126,8 @@ def test_chat_template_jinja_file_wins(tiny_qwen2, tmp_path):
     directory = tmp_path / "model"
     shutil.copytree(tiny_qwen2, directory)
     (directory / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['content'] }}>{% endfor %}")
-    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0]) == "<What is the origin of the phrase Hello, World>"
+    expected = "<What is the origin of the phrase Hello, World>"
+    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0]) == expected
 
 
 def test_templates_run_sandboxed(tiny_qwen2, tmp_path):

@@ -26,9 +26,10 @@ def check_prompt(model: Model, prompt_ids: list[int]) -> None:
     if len(prompt_ids) > limit:
         raise InputError(f"prompt: got {len(prompt_ids)} tokens; allowed: at most {limit}, "
                          "the model's context (prompts are never truncated)")
-    bad = [i for i in prompt_ids if not 0 <= i < model.config.vocab_size]
+    vocab = model.config.vocab_size
+    bad = [i for i in prompt_ids if not 0 <= i < vocab]
     if bad:
-        raise InputError(f"prompt: token id {bad[0]} is outside the model's vocabulary 0..{model.config.vocab_size - 1}")
+        raise InputError(f"prompt: token id {bad[0]} is outside the model's vocabulary 0..{vocab - 1}")
 
 
 def prefill(model: Model, cache: KVCache, prompt_ids: list[int]) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from .sampling import BOUNDS, SamplingParams, describe_value, check_number
+from .sampling import BOUNDS, SamplingParams, check_number, describe_value
 
 MAX_CHARS = 131072
 ROLES = ("system", "user", "assistant", "tool")
@@ -43,11 +43,13 @@ class Request:
 def parse_inputs(inputs) -> Request:
     """Check ``inputs`` against the schema and return a Request; raise InputError on the first problem."""
     if not isinstance(inputs, dict):
-        raise InputError(f"inputs: got {describe_value(inputs)}; allowed: an object (dict) with 'prompt' or 'messages'")
+        raise InputError(f"inputs: got {describe_value(inputs)}; "
+                         "allowed: an object (dict) with 'prompt' or 'messages'")
     for key in inputs:
         if key not in PROMPT_FIELDS | MESSAGES_FIELDS:
             allowed = ", ".join(sorted(PROMPT_FIELDS | MESSAGES_FIELDS))
-            raise InputError(f"unknown field {key!r} (value {describe_value(inputs[key])}); allowed fields: {allowed}")
+            raise InputError(f"unknown field {key!r} (value {describe_value(inputs[key])}); "
+                             f"allowed fields: {allowed}")
     for key in UNSUPPORTED:
         if key in inputs:
             raise InputError(f"{key}: not supported by this model/engine yet (got {describe_value(inputs[key])})")
@@ -88,7 +90,8 @@ def _messages(value) -> tuple[dict, ...]:
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise InputError(f"{where}: got {describe_value(message)}; allowed: an object with exactly 'role' and 'content'")
+            raise InputError(f"{where}: got {describe_value(message)}; "
+                             "allowed: an object with exactly 'role' and 'content'")
         if not isinstance(message["role"], str) or message["role"] not in ROLES:
             raise InputError(f"{where}.role: got {describe_value(message['role'])}; allowed: one of {', '.join(ROLES)}")
         out.append({"role": message["role"], "content": _text(f"{where}.content", message["content"])})

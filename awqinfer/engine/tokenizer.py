@@ -66,6 +66,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Tokens the tokenizer knows, added (special) tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -77,6 +78,7 @@ class Tokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of one token string, or None if the vocabulary lacks it."""
         return self._tok.token_to_id(token)
 
     @property
