@@ -1,0 +1,1 @@
+"""Benchmarks: awqinfer side by side with llama.cpp and PyTorch (see run.py)."""

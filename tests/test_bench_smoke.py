@@ -1,0 +1,59 @@
+"""The benchmark's whole pipeline on a tiny model, one repeat: it must not rot (no timing is asserted)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/, not installed
+
+from benchmarks import run  # noqa: E402
+
+SMOKE = ["--no-peers", "--repeats", "1", "--prompt-lengths", "16,32", "--decode-prompt", "8",
+         "--decode-tokens", "6", "--contexts", "64,128", "--long-tokens", "3", "--check-tokens", "6",
+         "--ttft-repeats", "1", "--ttft-cold-repeats", "0", "--big", "tiny", "--big-tokens", "2",
+         "--big-repeats", "1", "--bandwidth-gb", "0.02", "--quiet"]
+
+
+def test_benchmark_smoke(tiny_llama_awq, tmp_path):
+    assert run.main(["--model", str(tiny_llama_awq), "--out", str(tmp_path), *SMOKE]) == 0
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert out["fast_path_matches_reference"] and len(out["fast_tokens"]) == 6
+    figures = out["engines"]["awqinfer"]
+    assert set(figures) == {"prefill 16", "prefill 32", "decode 6", "decode @64", "decode @128"}
+    assert all(len(v) == 1 and math.isfinite(v[0]) and v[0] > 0 for v in figures.values())
+    assert out["ttft"]["warm"][0] > 0 and out["ttft"]["rss"][0] > 10e6
+    big = out["big"]
+    assert big["tok_s"][0] > 0 and big["peak_rss"][0] > big["rss_after_load"][0] / 2 and big["file_bytes"] > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| decode 6 |" in text and "time to first token" in text and "greedy tokens on the first prompt: equal" in text
+    if importlib.util.find_spec("matplotlib"):  # the bench extra's plot
+        assert (tmp_path / "decode_vs_context.png").stat().st_size > 1000
+
+
+def test_benchmark_withholds_figures_when_fast_path_differs(tiny_llama_awq, tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "check_fast_path", lambda model, ids, n: (False, [1, 2], [1, 3]))
+    argv = ["--model", str(tiny_llama_awq), "--out", str(tmp_path), *SMOKE, "--no-ttft", "--big", "none"]
+    assert run.main(argv) == 1
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert all(math.isnan(v[0]) for v in out["engines"]["awqinfer"].values())
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "DIFFERENT: awqinfer figures withheld" in text
+    assert "| decode 6 | - |" in text
+
+
+def test_synthetic_checkpoint_loads_as_autoawq(tmp_path):
+    """The 7B-shaped writer's tensors pass the loader's checks (names, shapes, dtypes), at a tiny size."""
+    from awqinfer.engine.model import Model
+    from benchmarks import synth
+
+    size = synth.write_checkpoint(tmp_path, synth.TINY)
+    model = Model.load(tmp_path)
+    assert size == (tmp_path / "model.safetensors").stat().st_size
+    assert model.config.quant.group_size == synth.TINY["group"]
+    logits = model.forward([1, 2], model.new_cache(4))
+    assert logits.shape == (2, synth.TINY["vocab"]) and all(map(math.isfinite, logits.ravel()))
+    cache = model.new_cache(4)
+    model.forward([1], cache)
+    assert synth.weight_bytes_per_token(model) > size / 2
