@@ -13,8 +13,10 @@ BASE = {"prompt": "Tell me a story"}
 
 # field -> (good values, bad values, the allowed range as the message says it)
 NUMBERS = {
-    "max_tokens": ([1, 2, 256, 10**6, 7.0], [0, -1, 2.5, True, "3", None, [], math.nan, math.inf], ">= 1"),
-    "temperature": ([0, 0.0, 0.6, 3, 5, 5.0], [-0.1, 5.01, True, "0.5", None, {}, math.nan, -math.inf], "0..5"),
+    "max_tokens": ([1, 2, 256, 10**6, 7.0, 10**400], [0, -1, 2.5, True, "3", None, [], math.nan, math.inf], ">= 1"),
+    "temperature": ([0, 0.0, 0.6, 3, 5, 5.0], [-0.1, 5.01, True, "0.5", None, {}, math.nan, -math.inf, 10**400,
+                                                 10**5000],
+                    "0..5"),
     "top_p": ([0, 0.5, 1, 1.7, 2], [-1e-9, 2.0001, False, "1", None, math.nan, math.inf], "0..2"),
     "top_k": ([1, 25, 50, 3.0], [0, 51, 2.5, True, "5", None, math.nan, math.inf], "1..50"),
     "seed": ([1, 42, 9999999999], [0, -5, 10**10, 1.5, True, "42", None, math.nan], "1..9999999999"),
@@ -34,7 +36,8 @@ def test_numeric_fields(field):
         with pytest.raises(InputError) as err:
             parse_inputs({**BASE, field: value})
         message = str(err.value)
-        assert message.startswith(f"{field}: got {value!r}") and allowed in message, message
+        shown = "an integer of 16610 bits" if value == 10**5000 else repr(value)[:40]  # (too long to repr)
+        assert message.startswith(f"{field}: got {shown}") and allowed in message, message
 
 
 @pytest.mark.parametrize("field", ["raw", "stream"])
@@ -60,6 +63,14 @@ def test_prompt_lengths():
                          (42, "42 (int)"), (None, "None"), (["hi"], "['hi']")]:
         with pytest.raises(InputError, match=rf"^prompt: got .*{re.escape(shown)}.*1\.\.{MAX_CHARS}"):
             parse_inputs({"prompt": value})
+
+
+def test_unpaired_surrogates_are_refused():
+    """json.loads accepts "\\ud800"; the tokenizer cannot encode it."""
+    with pytest.raises(InputError, match=r"^prompt: got a string with an unpaired surrogate '\\ud800' at 1"):
+        parse_inputs({"prompt": "a\ud800b"})
+    with pytest.raises(InputError, match=r"^messages\[0\]\.content: .*surrogate"):
+        parse_inputs({"messages": [{"role": "user", "content": "\udfff"}]})
 
 
 def test_messages_good():

@@ -146,7 +146,7 @@ def test_tokenizer_eos_is_a_stop_token(tiny_qwen2, tmp_path):
 
 def test_length_when_the_cache_is_full(tmp_path):
     llm = awqinfer.load(make_model(tmp_path / "short", "qwen2", max_positions=64))
-    inputs = {"prompt": "Hi", "max_tokens": 1000, "temperature": 1.0, "seed": 5}
+    inputs = {"prompt": "Hi", "max_tokens": 10**400, "temperature": 1.0, "seed": 5}
     prompt_tokens = len(llm.prompt_ids(parse_inputs(inputs)))
     ids = completion_ids(llm, inputs)
     out = llm.run(inputs)
@@ -227,6 +227,7 @@ VALID = {  # values the schema accepts (max_tokens kept small)
 }
 NOT_A_BIG_NUMBER = JSON.filter(lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 3)
 ANYTHING = {**{key: value | JSON for key, value in VALID.items()}, "max_tokens": VALID["max_tokens"] | NOT_A_BIG_NUMBER,
+            "prompt": VALID["prompt"] | JSON | st.just("a\ud800b"),  # a lone surrogate, as json.loads allows
             "raw": st.booleans() | JSON, "lora": JSON, "image": JSON, "tools": JSON, "functions": JSON,
             "unknown": JSON}
 

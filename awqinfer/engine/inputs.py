@@ -80,6 +80,11 @@ def _text(field: str, value, minimum: int = 0) -> str:
     if not isinstance(value, str) or not minimum <= len(value) <= MAX_CHARS:
         shown = describe_value(value) if not isinstance(value, str) else f"a string of {len(value)} characters"
         raise InputError(f"{field}: got {shown}; allowed: a string of {minimum}..{MAX_CHARS} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: JSON can spell it ("\ud800"), the tokenizer cannot take it
+        raise InputError(f"{field}: got a string with an unpaired surrogate {value[e.start]!r} at {e.start}; "
+                         "allowed: valid Unicode text") from None
     return value
 
 

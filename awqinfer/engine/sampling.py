@@ -50,16 +50,21 @@ def check_number(field: str, value, low: float, high: float | None, integer: boo
     """
     kind = "an integer" if integer else "a number"
     allowed = f"{kind} in {low}..{high}" if high is not None else f"{kind} >= {low}"
-    ok_type = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    if ok_type and integer and not isinstance(value, numbers.Integral):
-        ok_type = math.isfinite(value) and float(value).is_integer()
-    if not ok_type or not math.isfinite(value) or value < low or (high is not None and value > high):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        ok = False
+    elif isinstance(value, numbers.Integral):
+        ok = True  # exact, however large (math.isfinite would overflow on 10**400)
+    else:
+        ok = math.isfinite(value) and (not integer or float(value).is_integer())
+    if not ok or value < low or (high is not None and value > high):
         raise InputError(f"{field}: got {describe_value(value)}; allowed: {allowed}")
     return int(value) if integer else float(value)
 
 
 def describe_value(value) -> str:
     """A short description of a bad value for an error message: its repr (cut) and type."""
+    if isinstance(value, int) and value.bit_length() > 4000:  # repr() refuses ints this long
+        return f"an integer of {value.bit_length()} bits (int)"
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
