@@ -1,17 +1,16 @@
 """Decode and prefill speed of awqinfer on an NVIDIA GPU, against the GPU's memory-bandwidth bound.
 
-    python benchmarks/cuda_bench.py                         # the default model (SmolLM2-135M, AWQ 4-bit)
-    python benchmarks/cuda_bench.py --model DIR_OR_NAME --prompt 128 512 --decode 128
-    python benchmarks/cuda_bench.py --device cpu            # the same measurement on the CPU backend
+    python -m benchmarks.cuda_bench                          # the default model (SmolLM2-135M, AWQ 4-bit)
+    python -m benchmarks.cuda_bench --model DIR_OR_NAME --prompt 128 512 --decode 128
+    python -m benchmarks.cuda_bench --synthetic /tmp/llama7b # Llama-2-7B-shaped random AWQ (benchmarks/synth.py,
+                                                             # ~3.9 GB written once)
+    python -m benchmarks.cuda_bench --device cpu             # the same measurement on the CPU backend
 
 Needs a GPU and `pip install 'awqinfer[cuda]' 'numba-cuda[cu12]'` (or [cu13]). A decode
 step reads every weight once, plus the KV cache so far: its bytes divided by the
 step's time is the bandwidth achieved; divided by the GPU's peak (memory clock x bus
 width, or --bandwidth-gbs) it is the fraction of the bound. Kernels are compiled by a
 warm-up pass first, so compile time is not counted.
-
-(Not named cuda.py: the script's folder comes first on sys.path, and a top-level
-module "cuda" would shadow cuda-bindings' "cuda" package that numba-cuda imports.)
 
 Status: written without a GPU (the CUDA kernels are tested under numba-cuda's
 simulator, which says nothing about speed); no figure from it has been recorded yet.
@@ -23,10 +22,12 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 import awqinfer
+from awqinfer.engine.model import Model
 
 
 def device_bytes(obj, seen=None) -> int:
@@ -86,6 +87,8 @@ def median_time(fn, device: str, repeats: int) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint directory or model name (default: the embedded default)")
+    ap.add_argument("--synthetic", metavar="DIR", default=None,
+                    help="benchmark a Llama-2-7B-shaped random AWQ checkpoint, written to DIR if not there yet")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--prompt", type=int, nargs="+", default=[128, 512], help="prefill lengths to time")
     ap.add_argument("--decode", type=int, default=128, help="decode steps to time")
@@ -94,10 +97,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    if args.synthetic:
+        from .synth import LLAMA2_7B, write_checkpoint
+
+        if not (Path(args.synthetic) / "model.safetensors").exists():
+            write_checkpoint(Path(args.synthetic), LLAMA2_7B)
     t = time.perf_counter()
-    llm = awqinfer.load(args.model, device=args.device)
+    if args.synthetic:  # weights and config only, no tokenizer: the model without an LLM around it
+        model, name = Model.load(args.synthetic, args.device), f"synthetic Llama-2-7B shape ({args.synthetic})"
+    else:
+        llm = awqinfer.load(args.model, device=args.device)
+        model, name = llm.model, llm.name
     load_s = time.perf_counter() - t
-    model, c = llm.model, llm.model.config
+    c = model.config
     vocab = c.vocab_size
     rng = np.random.default_rng(0)
     capacity = max(*args.prompt, 16) + args.decode + 1
@@ -107,7 +119,7 @@ def main(argv=None) -> dict:
     model.forward(rng.integers(0, vocab, 8), cache, last_only=True)
     model.forward([1], cache, last_only=True)
 
-    result = {"device": args.device, "model": llm.name, "load_s": round(load_s, 2), "prefill": {}}
+    result = {"device": args.device, "model": name, "load_s": round(load_s, 2), "prefill": {}}
     for n in args.prompt:
         ids = rng.integers(0, vocab, n)
 
