@@ -20,8 +20,10 @@ def _int8_gemv(x, qweight, scales, out):
     n = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
     acc = np.float32(0.0)
     if n < n_out:
-        for i in range(cuda.threadIdx.x, k, cuda.blockDim.x):
-            acc += x[i] * np.float32(qweight[n, i])
+        # 4 consecutive int8 per lane, so a warp's loads span 128 bytes of the row, not 32
+        for i0 in range(4 * cuda.threadIdx.x, k, 4 * cuda.blockDim.x):
+            for i in range(i0, min(i0 + 4, k)):
+                acc += x[i] * np.float32(qweight[n, i])
         acc *= scales[n]
     store_row_sum(acc, out, n, n_out)
 
