@@ -2,7 +2,8 @@
 
 from .engine.registry import load
 from .engine.runner import LLM, run
-from .errors import AwqinferError, CheckpointError, InputError, ModelNotFoundError
+from .errors import AwqinferError, CheckpointError, DeviceError, InputError, ModelNotFoundError
 
-__all__ = ["load", "run", "LLM", "AwqinferError", "CheckpointError", "InputError", "ModelNotFoundError"]
+__all__ = ["load", "run", "LLM", "AwqinferError", "CheckpointError", "DeviceError", "InputError",
+           "ModelNotFoundError"]
 __version__ = "0.1.0"
