@@ -43,7 +43,8 @@ class LLM:
         """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
 
         Result: {"response": str, "usage": {prompt_tokens, completion_tokens, total_tokens},
-        "finish_reason": "stop" | "length"}. Chunks: {"response": str}, the last one also
+        "finish_reason": "stop" | "length"}; completion_tokens counts every generated token,
+        a final EOS included (it adds no text). Chunks: {"response": str}, the last one also
         with "usage" and "finish_reason". Bad inputs raise InputError here, before any
         chunk, also when streaming.
         """

@@ -4,8 +4,8 @@
            -> top-k -> top-p -> softmax -> seeded draw
 
 The order is the one transformers' ``generate`` applies (processors before
-warpers). Each step is a pure function on a float64 copy of the logits, so a
-test can check it alone against a plain-numpy reference. Masked tokens are
+warpers). Each step is a pure function of float64 logits (its input is never
+modified), so a test can check it alone against a plain-numpy reference. Masked tokens are
 set to -inf; ``softmax`` gives them probability 0 and the draw never picks them.
 
 Values inside the schema's ranges that have no natural meaning, defined here:
@@ -14,7 +14,8 @@ Values inside the schema's ranges that have no natural meaning, defined here:
     penalty" reads as next to the frequency and presence penalties.
   * ``temperature`` 0 is greedy: the argmax of the penalised logits (ties go to
     the lowest token id); top-k and top-p cannot change the argmax.
-  * ``top_p`` >= 1 keeps every token; ``top_p`` 0 keeps only the most likely token.
+  * ``top_p`` >= 1 keeps every token; ``top_p`` 0 keeps only the most likely token
+    (and any tied with it).
   * ``top_k`` larger than the vocabulary keeps every token.
   * Ties at a top-k or top-p cut-off are all kept (no token id is favoured).
 """
