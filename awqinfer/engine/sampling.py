@@ -192,7 +192,8 @@ def probabilities(logits, history: History, params: SamplingParams) -> np.ndarra
 def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
     """One token from ``probs`` by inverse CDF with one uniform from ``rng``; zero-probability tokens never win."""
     cumulative = np.cumsum(probs)
-    return int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    index = np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")
+    return int(min(index, np.flatnonzero(probs)[-1]))  # (u * total can round up to total, once in 2**53)
 
 
 def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator) -> int:

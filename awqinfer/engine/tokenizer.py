@@ -60,9 +60,9 @@ class Tokenizer:
         # SentencePiece-style byte-fallback tokens <0x00>..<0xFF> (none in byte-level vocabularies)
         self.byte_fallback_ids = frozenset(i for i in (self.token_to_id(f"<0x{b:02X}>") for b in range(256))
                                            if i is not None)
-        source = _chat_template_source(directory, self.config)
+        source, origin = _chat_template_source(directory, self.config)
         self.has_chat_template = source is not None
-        self._template = _compile_template(source or PLAIN_CHAT_TEMPLATE, cfg_path)
+        self._template = _compile_template(source or PLAIN_CHAT_TEMPLATE, origin)
 
     @property
     def vocab_size(self) -> int:
@@ -92,7 +92,7 @@ class Tokenizer:
         """Render ``messages`` ({role, content} dicts) with the checkpoint's chat template.
 
         Template errors caused by the conversation (``raise_exception`` in the template,
-        say roles that do not alternate) become an InputError that quotes the template.
+        say roles that do not alternate) become an InputError with the template's message.
         """
         try:
             return self._template.render(
@@ -125,8 +125,9 @@ class StreamDecoder:
     Each step decodes the whole sequence so far and emits what is new, except while
     the text ends in U+FFFD: then a multi-byte character is still incomplete (a byte
     fallback token, or a byte-level token holding part of a character) and is held
-    back until it completes. Text is also held while the last token is a byte-fallback
-    token (<0xNN>): tokenizers decodes a run of them as one byte string, and if a later
+    back until it completes. Text is also held while the last token (skipped special
+    tokens aside) is a byte-fallback token <0xNN>: tokenizers decodes a run of them as
+    one byte string (special tokens in between do not end it), and if a later
     byte makes the run invalid UTF-8 the whole run turns into U+FFFD, so the run is only
     final once a non-byte token closes it. Decoding the whole sequence, not token by
     token, keeps the spaces that SentencePiece ("▁") and byte-level ("Ġ") tokens carry.
@@ -171,19 +172,19 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _chat_template_source(directory: Path, config: dict) -> str | None:
-    """The template text: chat_template.jinja if present (newer HF exports), else tokenizer_config's.
+def _chat_template_source(directory: Path, config: dict) -> tuple[str | None, Path]:
+    """The template text and its file: chat_template.jinja if present (newer HF exports), else tokenizer_config's.
 
     tokenizer_config may hold a list of named templates; the one named 'default' is used.
     """
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return jinja_file.read_text(encoding="utf-8"), jinja_file
     template = config.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
-    return template if isinstance(template, str) and template else None
+    return (template if isinstance(template, str) and template else None), directory / "tokenizer_config.json"
 
 
 def _raise_exception(message):
