@@ -69,6 +69,24 @@ def test_rendering_and_ids_match_transformers(checkpoints, fmt):
         assert ours.encode_chat(messages) == hf_ids(hf, messages, True)
 
 
+TOOL_TURN = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "Calling it."},
+             {"role": "tool", "content": "{\"temp\": 21}"}]
+
+
+@pytest.mark.parametrize("fmt", ["llama2", "chatml", "deepseek"])
+def test_tool_role_renders_or_fails_as_in_transformers(checkpoints, fmt):
+    hf = hf_tokenizer(checkpoints[fmt])
+    ours = Tokenizer(checkpoints[fmt])
+    try:
+        expected = hf.apply_chat_template(TOOL_TURN, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # Llama-2's template refuses a third turn that is not the user's
+        with pytest.raises(InputError, match="alternate"):
+            ours.apply_chat_template(TOOL_TURN)
+        assert "alternate" in str(e) and fmt == "llama2"
+        return
+    assert ours.apply_chat_template(TOOL_TURN) == expected
+
+
 def test_the_three_formats_look_as_expected(checkpoints):
     messages = CONVERSATIONS[1]
     llama = Tokenizer(checkpoints["llama2"]).apply_chat_template(messages)
