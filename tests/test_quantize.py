@@ -83,3 +83,126 @@ def test_bad_arguments_are_clear_errors(tiny_llama, tiny_llama_awq, tmp_path):
         quantize(tiny_llama_awq, tmp_path / "q", method="rtn")
     with pytest.raises(InputError, match="must differ"):
         quantize(tiny_llama, tiny_llama, method="rtn")
+
+
+# --- AWQ ---------------------------------------------------------------------
+
+
+def layer_output(config, layer, x):
+    from awqinfer.engine.backend import CPU
+    from awqinfer.engine.model import decoder_layer
+    from awqinfer.engine.rope import cos_sin
+
+    x = x.copy()
+    k = np.zeros((config.num_key_value_heads, len(x), config.head_dim), np.float32)
+    cos, sin = cos_sin(config.rope, config.head_dim, config.max_position_embeddings, 0, len(x))
+    decoder_layer(CPU, config, layer, x, k, np.zeros_like(k), 0, cos, sin)
+    return x
+
+
+@pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("llama", 2), ("qwen2", 4)])
+def test_folding_scales_leaves_the_float_layer_unchanged(arch, kv_heads, tmp_path):
+    from awqinfer.engine.awq_search import fold_scales, scaling_groups
+    from awqinfer.engine.weights import load_layer
+
+    src = make_model(tmp_path / "m", arch, kv_heads=kv_heads)
+    config, ckpt = ModelConfig.load(src), Checkpoint(src)
+    layer = load_layer(ckpt, config, 0)
+    x = np.random.default_rng(1).standard_normal((9, config.hidden_size)).astype(np.float32)
+    before = layer_output(config, layer, x)
+    rng = np.random.default_rng(2)
+    folded = []
+    for group in scaling_groups(config, layer):
+        if group.prev:
+            fold_scales(group, rng.uniform(0.25, 4.0, group.linear.in_features).astype(np.float32))
+            folded.append(group.name)
+    assert folded == (["qkv", "o_proj", "gate_up", "down_proj"] if kv_heads == 4 else ["qkv", "gate_up", "down_proj"])
+    after = layer_output(config, layer, x)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    assert not np.allclose(load_layer(ckpt, config, 0).gate_up.weight, layer.gate_up.weight)  # it did change
+
+
+def test_scale_search_protects_salient_channels():
+    """Inputs with a few large channels: AWQ's scales cut the output error of plain rounding severalfold."""
+    from awqinfer.engine.awq_search import search_scales
+    from awqinfer.engine.rounding import fake_quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 128)).astype(np.float32)
+    x[:, :4] *= 30  # salient input channels, as in real LLM activations
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    gram = x.T @ x
+    s = search_scales(np.abs(x).mean(0), gram, w, 32)
+    rtn = np.sum((x @ (fake_quantize(w, 32) - w).T) ** 2)
+    awq = np.sum((x @ (fake_quantize(w * s, 32) / s - w).T) ** 2)
+    assert s[:4].min() > 2 * np.median(s)
+    assert awq < 0.5 * rtn
+
+
+def test_clip_search_never_widens_and_reduces_error():
+    from awqinfer.engine.awq_search import apply_clip, search_clip
+    from awqinfer.engine.rounding import fake_quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    w = rng.standard_t(2, (32, 64)).astype(np.float32)  # heavy tails: clipping pays off
+    gram = x.T @ x
+    bound = search_clip(gram, w, 16)
+    full = np.abs(w).reshape(32, 4, 16).max(2)
+    assert bound.shape == (32, 4) and (bound <= full).all() and (bound >= 0.5 * full).all() and (bound < full).any()
+    clipped = w.copy()
+    apply_clip(clipped, bound, 16)
+    assert np.abs(clipped).reshape(32, 4, 16).max(2).max() <= bound.max()
+    err = lambda v: np.sum((x @ (fake_quantize(v, 16) - w).T) ** 2)
+    assert err(clipped) < err(w)
+
+
+@pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("qwen2", 2)])
+def test_awq_tiny_model_end_to_end_matches_transformers(arch, kv_heads, tmp_path):
+    """AWQ on a tiny model: AutoAWQ layout, loads in awqinfer, same logits as transformers on the dequantised twin."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from oracle import dense_twin, hf_logits, hf_model
+
+    src = make_model(tmp_path / "src", arch, kv_heads=kv_heads)
+    out = quantize(src, tmp_path / "awq", method="awq", group_size=32, samples=4, seq_len=32, progress=False)
+    written = read_all(out)
+    assert json.loads((out / "config.json").read_text())["quantization_config"] == AWQ_CONFIG
+    for name, t in written.items():
+        if name.endswith(".qweight"):
+            module = name.removesuffix(".qweight")
+            k, n8 = t.shape
+            assert t.dtype == np.int32 and written[f"{module}.qzeros"].shape == (k // 32, n8)
+            assert written[f"{module}.scales"].dtype == np.float16 and written[f"{module}.scales"].shape == (k // 32, 8 * n8)
+            assert autoawq_unpack(t).max() <= 15 and autoawq_unpack(written[f"{module}.qzeros"]).max() <= 15
+        elif not name.endswith((".qzeros", ".scales")):
+            assert t.dtype == np.float16, name
+    ids = [1, 17, 250, 33, 101, 7, 300, 45, 12, 88]
+    llm = awqinfer.load(out)
+    ours = llm.model.forward(ids, llm.model.new_cache(len(ids)))
+    theirs = hf_logits(hf_model(dense_twin(out, tmp_path / "twin")), ids, len(ids))
+    assert np.abs(ours - theirs).max() <= 1e-3 * np.abs(theirs).max()
+    # the 4-bit model still computes roughly what the float one does
+    ref = awqinfer.load(src).model
+    fp = ref.forward(ids, ref.new_cache(len(ids)))
+    assert np.corrcoef(fp.ravel(), ours.ravel())[0, 1] > 0.9
+
+
+def test_calibration_text_and_windows(tmp_path, tiny_llama):
+    from awqinfer.engine.calibration import default_text, read_text, windows
+
+    text = default_text()
+    assert 300_000 <= len(text) <= 500_000
+    assert "PSF" in text or "Python Software Foundation" in text  # the license
+    assert "def " in text and "return" in text  # code
+    assert text == default_text()  # deterministic
+    w = windows(list(range(1000)), 4, 100)
+    assert w.shape == (4, 100) and w[1, 0] == 250
+    with pytest.raises(InputError, match="has 1000 tokens; 20 samples x 100 tokens need 2000"):
+        windows(list(range(1000)), 20, 100)
+    with pytest.raises(InputError, match="does not exist"):
+        read_text(tmp_path / "nope.txt")
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words")
+    with pytest.raises(InputError, match="short.txt has"):
+        quantize(tiny_llama, tmp_path / "q", method="awq", group_size=32, calib=short, samples=8, seq_len=64)

@@ -4,7 +4,8 @@
         load layer l in f32                          (weights.load_layer)
         [awq] run the calibration activations through it, search per-channel
               scales and clipping ranges, fold the scales into the previous op
-        round every linear to 4 bits per group       (rtn_quantize)
+              (awq_search.py; calibration text from calibration.py)
+        round every linear to 4 bits per group       (rounding.py)
         write qweight / qzeros / scales, norms and biases in fp16
     copy embeddings, the final norm and lm_head in fp16; config.json with
     quantization_config; tokenizer files; safetensors sharded past SHARD_BYTES.
@@ -25,47 +26,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, InputError
-from ..kernels.awq import pack_awq
+from .awq_search import AwqCalibration
+from .calibration import read_text, windows
 from .checkpoint import Checkpoint
 from .config import ModelConfig, QuantConfig
-from .weights import IGNORED_SUFFIXES, load_layer, layer_tensors, projections
+from .rounding import awq_tensors
+from .tokenizer import Tokenizer
+from .weights import IGNORED_SUFFIXES, Embedding, layer_tensors, load_layer, projections
 
-METHODS = ("rtn",)  # "awq" follows
+METHODS = ("awq", "rtn")
 SHARD_BYTES = 2 * 1024**3  # start a new safetensors shard past 2 GiB
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
-MAX_INT = 15  # 4-bit codes 0..15
-
-
-def rtn_quantize(weight: np.ndarray, group_size: int):
-    """Round-to-nearest asymmetric 4-bit per group of ``group_size`` inputs, as AutoAWQ's pseudo_quantize_tensor.
-
-    weight (N, K) f32 -> codes (N, K) uint8, zeros (N, K/g) uint8, scales (N, K/g) f16, with
-    W ~ (codes - zero) * scale. The scale is rounded to fp16 before the codes are chosen, so the
-    codes are the best ones for the scale actually stored.
-    """
-    n, k = weight.shape
-    w = weight.reshape(n, k // group_size, group_size)
-    lo, hi = w.min(axis=2), w.max(axis=2)
-    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
-    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
-    scales = scales.astype(np.float16)
-    codes = np.clip(np.round(w / scales.astype(np.float32)[..., None]) + zeros[..., None], 0, MAX_INT)
-    return codes.astype(np.uint8).reshape(n, k), zeros.astype(np.uint8), scales
-
-
-def fake_quantize(weight: np.ndarray, group_size: int) -> np.ndarray:
-    """``weight`` (N, K) f32 after a round trip through ``rtn_quantize``: what the 4-bit model computes with."""
-    codes, zeros, scales = rtn_quantize(weight, group_size)
-    n, k = weight.shape
-    q = codes.reshape(n, k // group_size, group_size).astype(np.float32) - zeros[..., None]
-    return (q * scales.astype(np.float32)[..., None]).reshape(n, k)
-
-
-def awq_tensors(weight: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
-    """An nn.Linear weight (N, K) f32 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales`` (see kernels/awq.py)."""
-    codes, zeros, scales = rtn_quantize(weight, group_size)
-    return {"qweight": pack_awq(codes.T), "qzeros": pack_awq(zeros.T), "scales": np.ascontiguousarray(scales.T)}
 
 
 def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_size: int = 128,
@@ -81,12 +53,21 @@ def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_siz
     config = ModelConfig.load(src)
     _check(config, src, out, method, group_size, samples, seq_len)
     ckpt = Checkpoint(src)
+    calibrate = None
+    if method == "awq":
+        ids = windows(Tokenizer(src).encode(read_text(calib), add_special_tokens=False), samples, seq_len,
+                      str(calib or "the default calibration text"))
+        name = "model.embed_tokens.weight"
+        embed = Embedding(ckpt.get(name), bf16=ckpt.info(name).dtype == "BF16")
+        calibrate = AwqCalibration(config, embed(ids), group_size)  # (samples, seq_len, H)
 
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out)
     layer_prefixes = [f"model.layers.{l}." for l in range(config.num_hidden_layers)]
     for l in tqdm(range(config.num_hidden_layers), desc=f"quantize ({method})", unit="layer", disable=not progress):
         layer = load_layer(ckpt, config, l)
+        if calibrate is not None:
+            calibrate.layer(layer)
         tensors = layer_tensors(config, l, layer)
         stray = sorted(n for n in ckpt.tensors if n.startswith(layer_prefixes[l]) and n not in tensors
                        and not n.endswith(IGNORED_SUFFIXES))
@@ -106,7 +87,7 @@ def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_siz
     writer.close()
     _write_config(config, group_size, out)
     for name in TOKENIZER_FILES:
-        if (src / name).is_file() and src.resolve() != out.resolve():
+        if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
     return out
 
