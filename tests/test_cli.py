@@ -160,3 +160,25 @@ def test_ctrl_c_stops_generation_cleanly(default_model):
         proc.kill()
     assert proc.returncode == 130
     assert b"Traceback" not in err
+
+
+def test_convert_awq_writes_a_loadable_quantized_checkpoint(tiny_qwen2, tmp_path):
+    """GGUF -> AWQ 4-bit in one command, on a tiny GGUF written in llama.cpp's layout."""
+    from test_gguf import write_tiny_gguf
+    from checkpoints import random_weights, tiny_config, write_checkpoint
+
+    config = tiny_config("llama", vocab_size=512)
+    hf = write_checkpoint(tmp_path / "hf", config, random_weights(config, seed=5))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf / name).write_bytes((tiny_qwen2 / name).read_bytes())
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", hf)
+    out = tmp_path / "awq"
+    proc = cli("convert", gguf_path, out, "--awq", "--method", "rtn", "--group-size", "32")
+    assert proc.returncode == 0, proc.stderr
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (quant["quant_method"], quant["bits"], quant["group_size"]) == ("awq", 4, 32)
+    llm = awqinfer.load(out)
+    assert llm.run({"prompt": "Hello", "max_tokens": 4, "temperature": 0})["usage"]["completion_tokens"] >= 1
+    bad = cli("convert", gguf_path, tmp_path / "x", "--awq", "--group-size", "7")
+    assert bad.returncode == 2
+    one_line_error(bad, "--group-size")

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def read_line(prompt: str) -> str | None:
-    """One line of user input (None at end of input); the prompt goes to stderr, replies to stdout."""
+    """One line of user input (None at end of input); the prompt is shown only on a terminal."""
     if sys.stdin.isatty():
         try:
             return input(prompt)

@@ -6,6 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..engine import registry
 from ..engine.gguf import convert_gguf
 from ..engine.quantize import quantize
 from .common import EXIT_USAGE, fail, ranged
@@ -19,8 +20,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("gguf", metavar="GGUF", help="the .gguf file")
     p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
     p.add_argument("--awq", action="store_true", help="write an AWQ 4-bit checkpoint instead of float32")
-    p.add_argument("--group-size", type=ranged(int, 8, None), default=64, help="AWQ group size (default 64)")
-    p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="the quantizer with --awq (default awq)")
+    p.add_argument("--method", choices=("awq", "rtn"), default=registry.DEFAULT_METHOD,
+                   help=f"the quantizer with --awq (default {registry.DEFAULT_METHOD})")
+    p.add_argument("--group-size", type=ranged(int, 8, None), default=registry.DEFAULT_GROUP_SIZE,
+                   help=f"AWQ group size (default {registry.DEFAULT_GROUP_SIZE})")
+    p.add_argument("--samples", type=ranged(int, 1, None), default=registry.DEFAULT_SAMPLES,
+                   help=f"AWQ calibration windows (default {registry.DEFAULT_SAMPLES}, as the default model)")
+    p.add_argument("--seq-len", type=ranged(int, 1, None), default=registry.DEFAULT_SEQ_LEN,
+                   help=f"tokens per calibration window (default {registry.DEFAULT_SEQ_LEN})")
 
 
 def main(args) -> int:
@@ -32,6 +39,7 @@ def main(args) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="awqinfer-convert-") as tmp:
             fp32 = convert_gguf(args.gguf, Path(tmp) / "fp32", progress=True)
-            quantize(fp32, out, method=args.method, group_size=args.group_size, progress=True)
+            quantize(fp32, out, method=args.method, group_size=args.group_size, samples=args.samples,
+                     seq_len=args.seq_len, progress=True)
     print(f"wrote {out}", file=sys.stderr)
     return 0
