@@ -15,29 +15,41 @@ from ..kernels.awq import pack_awq
 MAX_INT = 15  # 4-bit codes 0..15
 
 
+def _codes(weight: np.ndarray, group_size: int):
+    """Float codes (N, G, g), zeros (N, G, 1) f32 and scales (N, G) f16 of ``weight`` (N, K) f32.
+
+    The scale is rounded to fp16 (as stored) before the codes are chosen, so the codes are
+    the best ones for the scale actually written.
+    """
+    n, k = weight.shape
+    w = weight.reshape(n, k // group_size, group_size)
+    lo, hi = w.min(axis=2, keepdims=True), w.max(axis=2, keepdims=True)
+    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
+    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
+    scales16 = scales[..., 0].astype(np.float16)
+    codes = w / scales16.astype(np.float32)[..., None]
+    np.round(codes, out=codes)
+    codes += zeros
+    np.clip(codes, 0, MAX_INT, out=codes)
+    return codes, zeros, scales16
+
+
 def rtn_quantize(weight: np.ndarray, group_size: int):
     """Round-to-nearest asymmetric 4-bit per group of ``group_size`` inputs, as AutoAWQ's pseudo_quantize_tensor.
 
     weight (N, K) f32 -> codes (N, K) uint8, zeros (N, K/g) uint8, scales (N, K/g) f16, with
-    W ~ (codes - zero) * scale. The scale is rounded to fp16 before the codes are chosen, so the
-    codes are the best ones for the scale actually stored.
+    W ~ (codes - zero) * scale.
     """
-    n, k = weight.shape
-    w = weight.reshape(n, k // group_size, group_size)
-    lo, hi = w.min(axis=2), w.max(axis=2)
-    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
-    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
-    scales = scales.astype(np.float16)
-    codes = np.clip(np.round(w / scales.astype(np.float32)[..., None]) + zeros[..., None], 0, MAX_INT)
-    return codes.astype(np.uint8).reshape(n, k), zeros.astype(np.uint8), scales
+    codes, zeros, scales = _codes(weight, group_size)
+    return codes.astype(np.uint8).reshape(weight.shape), zeros[..., 0].astype(np.uint8), scales
 
 
 def fake_quantize(weight: np.ndarray, group_size: int) -> np.ndarray:
-    """``weight`` (N, K) f32 after a round trip through ``rtn_quantize``: what the 4-bit model computes with."""
-    codes, zeros, scales = rtn_quantize(weight, group_size)
-    n, k = weight.shape
-    q = codes.reshape(n, k // group_size, group_size).astype(np.float32) - zeros[..., None]
-    return (q * scales.astype(np.float32)[..., None]).reshape(n, k)
+    """``weight`` (N, K) f32 after a round trip through 4 bits: what the quantised model computes with."""
+    codes, zeros, scales = _codes(weight, group_size)
+    codes -= zeros
+    codes *= scales.astype(np.float32)[..., None]
+    return codes.reshape(weight.shape)
 
 
 def awq_tensors(weight: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
