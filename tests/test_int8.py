@@ -82,6 +82,8 @@ def test_llama2_int8_name_loads_its_repo_as_int8(tiny_fp16, monkeypatch):
     assert isinstance(llm.model.weights.layers[0].gate_up, Int8Linear)
     assert llm.model.weights.layers[0].gate_up.qweight.nbytes * 4 == (
         llm.model.config.hidden_size * 2 * llm.model.config.intermediate_size * 4)
+    out = llm.run({"prompt": "Hello", "max_tokens": 6, "temperature": 0})  # generation runs on int8 weights
+    assert out["usage"]["completion_tokens"] >= 1 and isinstance(out["response"], str)
     # the AWQ names load their (already quantized) checkpoints as they are
     llm = registry.load("@cf/qwen/qwen1.5-7b-chat-awq")
     assert asked[-1] == "Qwen/Qwen1.5-7B-Chat-AWQ"
