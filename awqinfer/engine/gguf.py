@@ -106,13 +106,7 @@ class GGUFFile:
             reader = gguf.GGUFReader(str(path))
         except Exception as e:  # the reader raises ValueError / struct errors on a bad file
             raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
-        big = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
-        metadata = {}
-        for key, field in reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            value = field.contents()
-            metadata[key] = list(value) if key in big else value
+        metadata = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
         return cls(path, metadata, {t.name: t for t in reader.tensors})
 
     def need(self, key: str):
@@ -180,7 +174,7 @@ def hf_config(g: GGUFFile) -> dict:
     return config
 
 
-def hf_tensor_names(g: GGUFFile, config: dict) -> dict[str, str]:
+def hf_tensor_names(g: GGUFFile) -> dict[str, str]:
     """llama.cpp name -> Hugging Face name for every tensor; an unknown tensor is an error."""
     names = {}
     for name in g.tensors:
@@ -317,7 +311,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Fa
     """Convert a Llama GGUF file into a Hugging Face float32 checkpoint directory ``out_dir``."""
     g = GGUFFile.open(gguf_path)
     config = hf_config(g)
-    names = hf_tensor_names(g, config)
+    names = hf_tensor_names(g)
     tokenizer = build_tokenizer(g)
     if tokenizer.get_vocab_size(with_added_tokens=True) != config["vocab_size"]:
         raise CheckpointError(
