@@ -182,3 +182,11 @@ def test_convert_awq_writes_a_loadable_quantized_checkpoint(tiny_qwen2, tmp_path
     bad = cli("convert", gguf_path, tmp_path / "x", "--awq", "--group-size", "7")
     assert bad.returncode == 2
     one_line_error(bad, "--group-size")
+
+
+def test_help_lists_every_subcommand():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for command in ("run", "chat", "models", "convert", "quantize"):
+        assert f"    {command} " in proc.stdout, command
+    assert cli().returncode == 2  # no subcommand is a usage error
