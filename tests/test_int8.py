@@ -88,3 +88,23 @@ def test_llama2_int8_name_loads_its_repo_as_int8(tiny_fp16, monkeypatch):
     llm = registry.load("@cf/qwen/qwen1.5-7b-chat-awq")
     assert asked[-1] == "Qwen/Qwen1.5-7B-Chat-AWQ"
     assert isinstance(llm.model.weights.layers[0].gate_up, DenseLinear)
+
+
+def test_int8_on_a_real_model_keeps_its_perplexity(smollm2_fp32):
+    """SmolLM2-135M (the GGUF import, fp32) against itself with int8 weight-only projections."""
+    from awqinfer.engine.tokenizer import Tokenizer
+
+    ids = Tokenizer(smollm2_fp32).encode(
+        "The history of science is the study of the development of science and scientific knowledge, "
+        "including both the natural and social sciences. Science is a body of empirical knowledge.")
+    logits = [m.forward(ids, m.new_cache(len(ids))).astype(np.float64)
+              for m in (_load(smollm2_fp32, False), _load(smollm2_fp32, True))]
+
+    def ppl(lg):
+        lg = lg - lg.max(-1, keepdims=True)
+        logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+        return np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
+
+    fp, q = logits
+    assert (fp.argmax(-1) == q.argmax(-1)).mean() >= 0.95
+    assert abs(ppl(q) / ppl(fp) - 1) <= 0.02  # measured: 10.13 vs 10.14
