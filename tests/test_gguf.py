@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from checkpoints import CHATML_TEMPLATE, make_model
+from checkpoints import CHATML_TEMPLATE, LLAMA2_TEMPLATE, make_model
 
 from awqinfer.engine.checkpoint import Checkpoint
 from awqinfer.engine.gguf import convert_gguf, unpermute
@@ -56,15 +56,24 @@ def write_tiny_gguf(path, hf_dir, qtype_name="F32"):
     tokens = [t for t, _ in vocab]
     tokens += [f"[PAD{i}]" for i in range(len(tokens), config["vocab_size"])]  # as llama.cpp pads
     specials = {a["content"] for a in tok["added_tokens"]}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in specials else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    if tok["model"].get("byte_fallback"):  # SentencePiece style, as llama.cpp's _set_vocab_sentencepiece
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores([-float(i) for i in range(len(tokens))])  # no merges: the order is in the scores
+        w.add_token_types([2 if t == "<unk>" else 3 if t in specials else 6 if t.startswith("<0x") else 1
+                           for t in tokens])
+        w.add_unk_token_id(0)
+        w.add_chat_template(LLAMA2_TEMPLATE)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in specials else 1 for t in tokens])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+        w.add_add_bos_token(False)
+        w.add_chat_template(CHATML_TEMPLATE)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHATML_TEMPLATE)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -147,6 +156,25 @@ def test_tiny_gguf_quantized_types_dequantize(tiny_bytelevel_llama, tmp_path, qt
     for name in original.tensors:
         a, b = original.to_float32(name), converted.to_float32(name)
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+
+
+def test_tiny_gguf_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    """A Llama-2 style vocabulary (no merges, scores, byte fallback) read as transformers reads it."""
+    from transformers import AutoTokenizer
+
+    hf = make_model(tmp_path / "sp", "llama")  # SentencePiece-style tokenizer.json
+    gguf_path = write_tiny_gguf(tmp_path / "sp.gguf", hf)
+    out = convert_gguf(gguf_path, tmp_path / "hf")
+    ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    ours = Tokenizer(out)
+    for text in TEXTS + ["Hello", " leading space", "</s> and <s> inside"]:
+        ids = ours.encode(text)
+        assert ids == ref(text).input_ids, text
+        assert ids[0] == 1  # BOS, as llama.cpp adds it to SentencePiece vocabularies
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True), text
+    assert ours.decode(ours.encode("byte fallback: 🎉 中文")) == "byte fallback: 🎉 中文"
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert (tc["bos_token"], tc["eos_token"], tc["unk_token"], tc["add_bos_token"]) == ("<s>", "</s>", "<unk>", True)
 
 
 def test_bad_gguf_is_a_clear_error(tmp_path):

@@ -6,7 +6,8 @@ and tensors under llama.cpp's names, often quantized (Q4_1, Q8_0, Q4_K, ...).
 
     config.json, generation_config.json        from the ``llama.*`` / ``tokenizer.ggml.*`` metadata
     model.safetensors                          every tensor dequantized to float32, HF names
-    tokenizer.json, tokenizer_config.json      byte-level BPE from the vocab + merges, chat template
+    tokenizer.json, tokenizer_config.json      byte-level BPE (vocab + merges) or SentencePiece BPE
+                                               (vocab + scores, byte fallback), chat template
 
 The one real transformation: llama.cpp's converter (``convert_hf_to_gguf.py``,
 ``LlamaModel.permute``) reorders the rows of q_proj and k_proj of every head
@@ -203,28 +204,50 @@ def _tensor_to_hf(g: GGUFFile, name: str, config: dict) -> np.ndarray:
 
 
 def build_tokenizer(g: GGUFFile):
-    """A ``tokenizers.Tokenizer`` from the GGUF's byte-level BPE vocabulary and merges."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    """A ``tokenizers.Tokenizer`` from the GGUF's vocabulary: byte-level BPE ('gpt2', merges in the file)
+    or SentencePiece BPE ('llama', byte fallback, merges rebuilt from the scores)."""
+    from tokenizers import AddedToken, processors
 
     kind = g.need("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise CheckpointError(
-            f"{g.path}: tokenizer type {kind!r} is not supported; GGUF import reads byte-level BPE ('gpt2') vocabularies"
+    builders = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
+    if kind not in builders:
+        raise CheckpointError(f"{g.path}: tokenizer type {kind!r} is not supported; GGUF import reads "
+                              "byte-level BPE ('gpt2') and SentencePiece BPE ('llama') vocabularies")
+    tokens = g.need("tokenizer.ggml.tokens")
+    tok = builders[kind](g, tokens)
+    types = g.metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    special = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == TOKEN_CONTROL]
+    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == TOKEN_USER_DEFINED]
+    tok.add_special_tokens(special)
+    tok.add_tokens(user)
+    bos = g.metadata.get("tokenizer.ggml.bos_token_id")
+    if _adds_bos(g) and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B:1", special_tokens=[(tokens[bos], bos)]
         )
+    elif kind == "gpt2":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _adds_bos(g: GGUFFile) -> bool:
+    """llama.cpp adds BOS to a SentencePiece vocabulary unless the file says otherwise."""
+    return bool(g.metadata.get("tokenizer.ggml.add_bos_token", g.metadata["tokenizer.ggml.model"] == "llama"))
+
+
+def _byte_level_bpe(g: GGUFFile, tokens: list[str]):
+    """GPT-2 style: every token spelled in the byte alphabet, merges listed in the file."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
     pre = g.metadata.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise CheckpointError(
             f"{g.path}: pre-tokenizer {pre!r} is not supported; known: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    tokens = g.need("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in g.need("tokenizer.ggml.merges")]
     alphabet = set(BYTE_ALPHABET.values())
     spell = lambda t: t if set(t) <= alphabet else "".join(BYTE_ALPHABET[b] for b in t.encode("utf-8"))
-    vocab = {}
-    for i, token in enumerate(tokens):
-        vocab.setdefault(spell(token), i)
-    if len(vocab) != len(tokens):
-        raise CheckpointError(f"{g.path}: the vocabulary repeats {len(tokens) - len(vocab)} token(s)")
+    vocab = _unique_vocab(g, [spell(t) for t in tokens])
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     split = PRE_TOKENIZERS[pre]
     if split is None:
@@ -235,19 +258,49 @@ def build_tokenizer(g: GGUFFile):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     tok.decoder = decoders.ByteLevel()
-    types = g.metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    special = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == TOKEN_CONTROL]
-    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == TOKEN_USER_DEFINED]
-    tok.add_special_tokens(special)
-    tok.add_tokens(user)
-    bos = g.metadata.get("tokenizer.ggml.bos_token_id")
-    if g.metadata.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B:1", special_tokens=[(tokens[bos], bos)]
-        )
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok
+
+
+def _sentencepiece_bpe(g: GGUFFile, tokens: list[str]):
+    """Llama / Mistral style: "▁" for spaces, <0xNN> byte-fallback tokens, merge order from the scores."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = _unique_vocab(g, tokens)
+    if "tokenizer.ggml.merges" in g.metadata:
+        merges = [tuple(m.split(" ", 1)) for m in g.metadata["tokenizer.ggml.merges"]]
+    else:
+        merges = merges_from_scores(vocab, dict(zip(tokens, g.need("tokenizer.ggml.scores"))))
+    unk = g.metadata.get("tokenizer.ggml.unknown_token_id")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None if unk is None else tokens[unk],
+                               fuse_unk=True, byte_fallback=True))
+    prefix = bool(g.metadata.get("tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if prefix else "never",
+                                                 split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
+    return tok
+
+
+def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a token into two tokens,
+    best-scored token first (ties: shorter left piece, then shorter right piece, then vocabulary order).
+    The same rule as transformers' ``generate_merges``."""
+    merges = []
+    for token, score in scores.items():
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        pairs.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        merges += [(left, right, score) for left, right in pairs]
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def _unique_vocab(g: GGUFFile, tokens: list[str]) -> dict[str, int]:
+    vocab = {}
+    for i, token in enumerate(tokens):
+        vocab.setdefault(token, i)
+    if len(vocab) != len(tokens):
+        raise CheckpointError(f"{g.path}: the vocabulary repeats {len(tokens) - len(vocab)} token(s)")
+    return vocab
 
 
 def tokenizer_config(g: GGUFFile) -> dict:
@@ -260,7 +313,7 @@ def tokenizer_config(g: GGUFFile) -> dict:
         "eos_token": name("tokenizer.ggml.eos_token_id"),
         "unk_token": name("tokenizer.ggml.unknown_token_id"),
         "pad_token": name("tokenizer.ggml.padding_token_id"),
-        "add_bos_token": bool(g.metadata.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": _adds_bos(g),
         "add_eos_token": bool(g.metadata.get("tokenizer.ggml.add_eos_token", False)),
         "model_max_length": int(g.metadata.get("llama.context_length", 2048)),
         "clean_up_tokenization_spaces": False,
