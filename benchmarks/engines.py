@@ -5,8 +5,8 @@ Face vocabularies agree) and offers:
 
     prefill(ids) -> seconds                   a fresh sequence, the whole prompt at once
     greedy(ids, n) -> (tokens, seconds)       prompt, then n greedy tokens; seconds for the n steps
-    fill(ids)                                 keep a long sequence in a cache for decode_at
-    decode_at(ctx, n) -> seconds              n greedy steps after the first ctx tokens of fill's ids
+    fill(ids, extra)                          keep a long sequence in a cache (room for extra more)
+    decode_at(ctx, n) -> seconds              n greedy steps from position ctx of fill's sequence
 
 Greedy steps end with an argmax over the logits in every engine, and never stop at EOS.
 """
@@ -64,12 +64,16 @@ class LlamaCpp:
     def __init__(self, gguf_path, n_ctx: int, threads: int = 2):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(gguf_path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                         n_batch=512, verbose=False)
+        make = lambda: Llama(model_path=str(gguf_path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                             n_batch=512, verbose=False)
+        self.llm = make()  # prompts and short runs
+        self.long = make()  # the long sequence of fill / decode_at, kept between calls
+        self.n_vocab = self.llm.n_vocab()
         self.long_ids = None
 
-    def _logits(self):
-        return self.llm.scores[self.llm.n_tokens - 1]
+    def _logits(self, llm=None):
+        """The last evaluated token's logits (eval() asks llama.cpp for those only)."""
+        return np.ctypeslib.as_array((llm or self.llm)._ctx.get_logits(), shape=(self.n_vocab,))
 
     def prefill(self, ids) -> float:
         self.llm.reset()
@@ -90,17 +94,23 @@ class LlamaCpp:
         return out, time.perf_counter() - t
 
     def fill(self, ids, extra):
-        self.llm.reset()
-        self.llm.eval(list(ids))
+        self.long.reset()
+        self.long.eval(list(ids))
         self.long_ids = list(ids)
+        self.valid = len(ids)  # cache positions that still hold long_ids
 
     def decode_at(self, ctx, n) -> float:
-        self.llm.n_tokens = ctx  # eval() drops the cache entries from n_tokens on before it decodes
+        llm = self.long
+        if ctx > self.valid:  # llama.cpp needs consecutive positions: re-feed the prompt (untimed)
+            llm.n_tokens = self.valid
+            llm.eval(self.long_ids[self.valid : ctx])
+        llm.n_tokens = ctx  # eval() drops the cache entries from n_tokens on before it decodes
+        self.valid = ctx
         token = self.long_ids[ctx]
         t = time.perf_counter()
         for _ in range(n):
-            self.llm.eval([token])
-            token = int(np.argmax(self._logits()))
+            llm.eval([token])
+            token = int(np.argmax(self._logits(llm)))
         return time.perf_counter() - t
 
 
@@ -147,7 +157,9 @@ class Torch:
     def decode_at(self, ctx, n) -> float:
         with self.torch.inference_mode():
             past = copy.deepcopy(self.long)
-            past.crop(ctx)
+            drop = past.get_seq_length() - ctx
+            if drop > 0:
+                past.crop(-drop)  # transformers 5 takes the number of positions to remove
             token = self.long_ids[ctx]
             t = time.perf_counter()
             for _ in range(n):

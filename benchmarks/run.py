@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 from . import synth
-from .engines import Awqinfer, LlamaCpp, Torch
 
 HERE = Path(__file__).resolve().parent
 TEXT = (
@@ -141,50 +140,85 @@ def big_model(dims: dict, n_tokens: int, repeats: int, bandwidth: float) -> dict
 # --- the run --------------------------------------------------------------------------------------
 
 
-def load_engines(args, log):
-    """awqinfer (always) and the peers that are installed and wanted; the GGUF path for them."""
-    from awqinfer.engine.model import Model
-    from awqinfer.engine.registry import default_gguf, default_model_dir
-    from awqinfer.engine.tokenizer import Tokenizer
+class Remote:
+    """An engine in a worker process (benchmarks/worker.py), with the engines.py interface."""
 
-    directory = Path(args.model) if args.model else default_model_dir()
-    t = time.perf_counter()
-    model = Model.load(directory)
-    model.fast_lm_head_int8 = args.lm_head == "int8"
-    load_s = time.perf_counter() - t
-    engines = [Awqinfer(model)]
-    gguf = Path(args.gguf) if args.gguf else (default_gguf() if not args.model else None)
-    skipped = {}
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", *argv], cwd=HERE.parent,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hello = self._read()
+        if "unavailable" in hello:
+            self.close()
+            raise ImportError(hello["unavailable"])
+        self.name, self.load_s = hello["ready"], hello["load_s"]
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"benchmark worker {self.proc.args[3:]} exited ({self.proc.wait()})")
+
+    def call(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def prefill(self, ids):
+        return self.call(op="prefill", ids=list(ids))["seconds"]
+
+    def greedy(self, ids, n):
+        out = self.call(op="greedy", ids=list(ids), n=n)
+        return out["tokens"], out["seconds"]
+
+    def fill(self, ids, extra):
+        self.call(op="fill", ids=list(ids), extra=extra)
+
+    def decode_at(self, ctx, n):
+        return self.call(op="decode_at", ctx=ctx, n=n)["seconds"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def load_engines(args, directory: Path, gguf: Path | None, log) -> list[Remote]:
+    """awqinfer (always) and the peers that are installed and wanted, each in its own process."""
+    engines = [Remote(["awqinfer", str(directory), args.lm_head])]
     if gguf and not args.no_peers:
         n_ctx = max(args.contexts) + args.long_tokens + 8
-        for make in (lambda: LlamaCpp(gguf, n_ctx, args.threads), lambda: Torch(gguf, args.threads)):
+        for argv in (["llama.cpp", str(gguf), str(n_ctx), str(args.threads)], ["torch", str(gguf), str(args.threads)]):
             try:
-                engines.append(make())
+                engines.append(Remote(argv))
             except ImportError as e:
-                skipped[str(e)] = "not installed"
-                log(f"skipping a peer: {e}")
-    return model, Tokenizer(directory), engines, load_s, directory, gguf
+                log(f"skipping {argv[0]}: {e}")
+    return engines
 
 
-def check_fast_path(model, ids, n) -> tuple[bool, list[int], list[int]]:
+def check_fast_path(awq: Remote, ids, n) -> tuple[bool, list[int], list[int]]:
     """Greedy tokens through the fast decode path and through the reference path: equal?"""
-    fast, _ = Awqinfer(model, fast=True).greedy(ids, n)
-    ref, _ = Awqinfer(model, fast=False).greedy(ids, n)
-    return fast == ref, fast, ref
+    out = awq.call(op="check", ids=list(ids), n=n)
+    return out["fast"] == out["reference"], out["fast"], out["reference"]
 
 
 def run(args) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()
-    model, tokenizer, engines, load_s, directory, gguf = load_engines(args, log)
-    vocab = model.config.vocab_size
+    from awqinfer.engine.config import ModelConfig
+    from awqinfer.engine.registry import default_gguf, default_model_dir
+    from awqinfer.engine.tokenizer import Tokenizer
+
+    directory = Path(args.model) if args.model else default_model_dir()
+    gguf = Path(args.gguf) if args.gguf else (default_gguf() if not args.model else None)
+    tokenizer = Tokenizer(directory)
+    vocab = ModelConfig.load(directory).vocab_size
+    engines = load_engines(args, directory, gguf, log)
     long_n = max(args.contexts) + 1
     ids = {n: prompt_ids(tokenizer, n, vocab) for n in (*args.prompt_lengths, args.decode_prompt, long_n)}
     first = ids[args.decode_prompt]
 
     log("checking the fast decode path against the reference ...")
-    same, fast_tokens, ref_tokens = check_fast_path(model, first, args.check_tokens)
+    same, fast_tokens, ref_tokens = check_fast_path(engines[0], first, args.check_tokens)
     log("  greedy tokens equal" if same else "  MISMATCH: awqinfer's speed will not be reported")
 
     results = {e.name: {} for e in engines}
@@ -193,8 +227,7 @@ def run(args) -> dict:
     for e in engines:
         e.prefill(ids[args.prompt_lengths[0]])
         e.greedy(first, 4)
-        e.fill(ids[long_n][:-1], args.long_tokens + 1)
-        e.long_ids = ids[long_n]
+        e.fill(ids[long_n], args.long_tokens + 1)
     for r in range(args.repeats):
         order = engines[r % len(engines):] + engines[: r % len(engines)]
         for e in order:
@@ -205,13 +238,15 @@ def run(args) -> dict:
             add(e, f"decode {args.decode_tokens}", args.decode_tokens / seconds)
             for ctx in args.contexts:
                 add(e, f"decode @{ctx}", args.long_tokens / e.decode_at(ctx, args.long_tokens))
+    for e in engines:
+        e.close()
     if not same:
         results["awqinfer"] = {k: [float("nan")] for k in results["awqinfer"]}
 
     out = {
         "started": started.isoformat(timespec="seconds"), "machine": machine(),
         "load_average_before": load_before, "args": vars(args), "model_dir": str(directory),
-        "gguf": str(gguf) if gguf else None, "awqinfer_load_s": load_s,
+        "gguf": str(gguf) if gguf else None, "load_s": {e.name: e.load_s for e in engines},
         "fast_path_matches_reference": same, "fast_tokens": fast_tokens, "reference_tokens": ref_tokens,
         "engines": results,
     }

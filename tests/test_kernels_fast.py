@@ -37,10 +37,10 @@ def test_awq_gemv_matches_numpy(n, k, group):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("n_tokens", [2, 7, 33])
+@pytest.mark.parametrize("n_tokens", [2, 7, 33, 70])
 def test_awq_gemm_and_dequantize_match_numpy(n_tokens):
     rng = np.random.default_rng(n_tokens)
-    n, k, group = 72, 256, 64
+    n, k, group = 136, 256, 64  # more rows than one tile, not a multiple of it
     qweight, scales, szeros = _kernel_layout(rng, n, k, group)
     w = _reference_weight(qweight, scales, szeros)
     deq = np.empty((n, k), np.float32)
@@ -127,3 +127,21 @@ def test_prepare_input_layout():
     assert xp[3, 5] == x[8 * 5 + 3]
     np.testing.assert_array_equal(xp.T.reshape(-1), x)
     np.testing.assert_allclose(xsum, [x[:64].sum(), x[64:].sum()])
+
+
+@pytest.mark.parametrize("n_tokens,n", [(1, 5), (4, 4), (7, 70), (66, 131)])
+def test_dense_gemm_and_gemv_match_numpy(n_tokens, n):
+    """The blocked prompt matmul, including the edges past multiples of 4 and of the tiles."""
+    from awqinfer.kernels.dense import dense_gemm, dense_gemv
+
+    rng = np.random.default_rng(n_tokens * n)
+    k = 40
+    x = rng.standard_normal((n_tokens, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    want = x.astype(np.float64) @ w.T
+    out = np.full((n_tokens, n), np.nan, np.float32)
+    dense_gemm(x, w, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    one = np.full(n, np.nan, np.float32)
+    dense_gemv(x[0], w, one)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5)

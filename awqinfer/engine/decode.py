@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.awq import GEMV_CHUNKS
-from ..kernels.decode import ATTN_CHUNK, decode_step
+from ..kernels.decode import ATTN_CHUNK, RESCORE, decode_step
 from ..kernels.int8 import quantize_int8
 from .cache import KVCache
 from .config import ModelConfig
@@ -41,7 +41,8 @@ class DecodeState:
         self.x = f32(H)
         self.logits = f32(c.vocab_size)
         self.vectors = (f32(H), f32(c.q_size + 2 * c.kv_size), f32(c.q_size), f32(2 * I), f32(I), f32(H),
-                        f32(k_max), f32(max(g_max, 1)), f32(GEMV_CHUNKS * (k_max // 8 + 1)))
+                        f32(k_max), f32(max(g_max, 1)), f32(GEMV_CHUNKS * (k_max // 8 + 1)),
+                        np.zeros(min(RESCORE, c.vocab_size), np.int64))
         self.capacity = 0
         self.attn_scratch = ()
 
@@ -51,7 +52,8 @@ class DecodeState:
 
         ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
         vocabulary row, kernels/int8.py), a quarter of the bytes of the largest matrix of a
-        small model; the logits then differ from the reference by the int8 rounding.
+        small model, then recompute the top RESCORE logits from the f32 rows: the argmax and
+        the top logits are the reference's, the others differ by the int8 rounding (~0.5%).
         """
         projections = []
         for name in PROJECTIONS:
@@ -66,7 +68,7 @@ class DecodeState:
             return None
         L, H = config.num_hidden_layers, config.hidden_size
         if lm_head_int8:
-            head_tuple = (np.zeros((0, 0), np.float32),) + quantize_int8(head.weight)
+            head_tuple = (head.weight,) + quantize_int8(head.weight)
         else:
             head_tuple = (head.weight, np.zeros((0, 0), np.int8), np.zeros(0, np.float32))
         return cls(config, tuple(projections), norms.reshape(L, 2, H), weights.norm, head_tuple, weights.embed)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .dense import GEMM_TILE, TOKEN_BLOCK, gemm_block
+
 AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_PACK_ORDER[i]
 AWQ_UNPACK_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j lives in nibble AWQ_UNPACK_ORDER[j]
 _SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
@@ -70,23 +72,36 @@ def to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:
 # --- kernels on the kernel layout --------------------------------------------
 
 
+@njit(cache=True, fastmath=True)
+def dequantize_rows(qweight, scales, szeros, out):
+    """Kernel layout -> float32 weights: qweight (M, K/8) int32; scales, szeros (M, G) f32; out (M, K) f32."""
+    n_out, n_words = qweight.shape
+    words_per_group = n_words // scales.shape[1]
+    for n in range(n_out):
+        row = qweight[n]
+        w_row = out[n]
+        for g in range(scales.shape[1]):
+            s = scales[n, g]
+            sz = szeros[n, g]
+            words = row[g * words_per_group : (g + 1) * words_per_group]
+            dst = w_row[8 * g * words_per_group : 8 * (g + 1) * words_per_group]
+            for j in range(words_per_group):
+                w = words[j]
+                for i in range(8):
+                    dst[8 * j + i] = _nibble(w, 4 * i) * s - sz
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def awq_dequantize(qweight, scales, szeros, out):
-    """Kernel layout -> float32 weights, one output row at a time.
+    """Kernel layout -> float32 weights, rows in parallel.
 
     qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N, K) f32.
     """
-    n_out, n_words = qweight.shape
-    words_per_group = n_words // scales.shape[1]
-    for n in prange(n_out):
-        for j in range(n_words):
-            w = qweight[n, j]
-            g = j // words_per_group
-            s = scales[n, g]
-            sz = szeros[n, g]
-            for i in range(8):
-                q = np.float32((w >> np.int32(4 * i)) & np.int32(15))
-                out[n, 8 * j + i] = q * s - sz
+    n_out = qweight.shape[0]
+    for j in prange((n_out + GEMM_TILE - 1) // GEMM_TILE):
+        n0 = j * GEMM_TILE
+        n1 = min(n_out, n0 + GEMM_TILE)
+        dequantize_rows(qweight[n0:n1], scales[n0:n1], szeros[n0:n1], out[n0:n1])
 
 
 @njit(cache=True, fastmath=True)
@@ -187,25 +202,17 @@ def awq_gemv(x, qweight, scales, szeros, out):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def awq_gemm(x, qweight, scales, szeros, out):
-    """Y = X @ W for a prompt: each output row is dequantised once and reused by every token.
+    """Y = X @ W for a prompt: each tile of GEMM_TILE rows is dequantised once, then reused by every token.
 
     x (T, K) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (T, N) f32.
     """
     n_tokens, k = x.shape
-    n_out, n_words = qweight.shape
-    words_per_group = n_words // scales.shape[1]
-    for n in prange(n_out):
-        w_row = np.empty(k, np.float32)
-        for j in range(n_words):
-            w = qweight[n, j]
-            g = j // words_per_group
-            s = scales[n, g]
-            sz = szeros[n, g]
-            for i in range(8):
-                w_row[8 * j + i] = np.float32((w >> np.int32(4 * i)) & np.int32(15)) * s - sz
-        for t in range(n_tokens):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(k):
-                acc += xt[i] * w_row[i]
-            out[t, n] = acc
+    n_out = qweight.shape[0]
+    for j in prange((n_out + GEMM_TILE - 1) // GEMM_TILE):
+        n0 = j * GEMM_TILE
+        n1 = min(n_out, n0 + GEMM_TILE)
+        w = np.empty((n1 - n0, k), np.float32)  # one tile per task: (N / GEMM_TILE) allocations per call
+        dequantize_rows(qweight[n0:n1], scales[n0:n1], szeros[n0:n1], w)
+        for t0 in range(0, n_tokens, TOKEN_BLOCK):
+            t1 = min(n_tokens, t0 + TOKEN_BLOCK)
+            gemm_block(x[t0:t1], w, out[t0:t1, n0:n1])

@@ -32,6 +32,7 @@ from .dense import dense_gemv
 from .int8 import int8_gemv
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
+RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
 
 
 @njit(cache=True, fastmath=True)
@@ -126,6 +127,35 @@ def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
 
 
 @njit(cache=True, fastmath=True)
+def rescore_top(h, weight, logits, best):
+    """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . weight[n] for those n.
+
+    h (H,) f32; weight (V, H) f32; logits (V,) f32, approximate on entry; best (R,) int64 scratch.
+    An int8 lm_head then leaves the argmax (and every top-R logit) as the f32 head computes
+    it, as long as the f32 winner is among the int8 head's top R.
+    """
+    n_best = best.shape[0]
+    for r in range(n_best):
+        best[r] = r
+    worst = 0
+    for r in range(n_best):
+        if logits[best[r]] < logits[best[worst]]:
+            worst = r
+    for n in range(n_best, logits.shape[0]):
+        if logits[n] > logits[best[worst]]:
+            best[worst] = n
+            for r in range(n_best):
+                if logits[best[r]] < logits[best[worst]]:
+                    worst = r
+    for r in range(n_best):
+        row = weight[best[r]]
+        acc = np.float32(0.0)
+        for i in range(h.shape[0]):
+            acc += h[i] * row[i]
+        logits[best[r]] = acc
+
+
+@njit(cache=True, fastmath=True)
 def project(x, proj, layer, xp_buf, xsum_buf, dots_buf, out):
     """out = x @ W + b for one token through layer ``layer`` of a stacked projection 5-tuple.
 
@@ -157,11 +187,12 @@ def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, co
     x (H,) f32: the token's embedding, overwritten as the residual stream.
     layers: (qkv, o_proj, gate_up, down_proj), each a stacked 5-tuple (module docstring).
     norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
-    lm_head: (weight (V, H) f32, q8 (V, H) int8, scales8 (V,) f32), q8 empty (0, 0) for the f32 weight; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
+    lm_head: (weight (V, H) f32, q8 (V, H) int8, scales8 (V,) f32): with q8 empty (0, 0) the logits come
+    from the f32 weight; else from q8 (a quarter of the bytes), the top RESCORE then recomputed in f32; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
     cos, sin (D/2,) f32 for position ``pos``; scratch: the tuple engine/decode.py makes.
     """
     qkv, o_proj, gate_up, down_proj = layers
-    h, qkv_out, attn, mlp, act, proj, xp, xsum, dots, scores, o_part, m_part, l_part = scratch
+    h, qkv_out, attn, mlp, act, proj, xp, xsum, dots, best, scores, o_part, m_part, l_part = scratch
     n_layers, n_kv, _, dim = k_cache.shape
     q_size = n_heads * dim
     inter = act.shape[0]
@@ -192,5 +223,6 @@ def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, co
     head, head_q8, head_s8 = lm_head
     if head_q8.shape[0] > 0:
         int8_gemv(h, head_q8, head_s8, logits)
+        rescore_top(h, head, logits, best)
     else:
         dense_gemv(h, head, logits)
