@@ -93,9 +93,14 @@ def weight_bytes_per_token(model) -> int:
             total += sum(a.nbytes for a in vars(lin).values() if isinstance(a, np.ndarray))
     total += sum(layer.input_norm.nbytes + layer.post_norm.nbytes for layer in w.layers)
     state = model._decode_state
-    head = state.lm_head if state else (w.lm_head.weight,)
-    total += sum(a.nbytes for a in head) + w.norm.nbytes + w.embed.table[0].nbytes
-    return total
+    f32, q8, s8 = state.lm_head if state else (w.lm_head.weight, np.zeros((0, 0)), np.zeros(0))
+    if q8.size:  # the int8 screen, then RESCORE f32 rows
+        from awqinfer.kernels.decode import RESCORE
+
+        total += q8.nbytes + s8.nbytes + RESCORE * f32[0].nbytes
+    else:
+        total += f32.nbytes
+    return total + w.norm.nbytes + w.embed.table[0].nbytes
 
 
 def current_rss() -> int:

@@ -26,8 +26,11 @@ def make(argv):
         from awqinfer.engine.model import Model
 
         model = Model.load(argv[1])
-        model.fast_lm_head_int8 = len(argv) > 2 and argv[2] == "int8"
-        return Awqinfer(model)
+        engine = Awqinfer(model)
+        if len(argv) > 2 and argv[2] == "int8":
+            model.fast_lm_head_int8 = True
+            engine.name = "awqinfer int8-head"
+        return engine
     if kind == "llama.cpp":
         return LlamaCpp(Path(argv[1]), int(argv[2]), int(argv[3]))
     if kind == "torch":

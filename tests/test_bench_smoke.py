@@ -27,7 +27,9 @@ def test_benchmark_smoke(tiny_llama_awq, tmp_path):
     big = out["big"]
     assert big["tok_s"][0] > 0 and big["peak_rss"][0] > big["rss_after_load"][0] / 2 and big["file_bytes"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| decode 6 |" in text and "time to first token" in text and "greedy tokens on the first prompt: equal" in text
+    assert "| decode 6 |" in text and "time to first token" in text
+    assert "awqinfer equal (6 tokens); awqinfer int8-head equal (6 tokens)" in text
+    assert set(out["engines"]) == {"awqinfer", "awqinfer int8-head"}
     if importlib.util.find_spec("matplotlib"):  # the bench extra's plot
         assert (tmp_path / "decode_vs_context.png").stat().st_size > 1000
 
@@ -40,7 +42,7 @@ def test_benchmark_withholds_figures_when_fast_path_differs(tiny_llama_awq, tmp_
     assert all(math.isnan(v[0]) for v in out["engines"]["awqinfer"].values())
     text = (tmp_path / "RESULTS.md").read_text()
     assert "DIFFERENT: awqinfer figures withheld" in text
-    assert "| decode 6 | - |" in text
+    assert "| decode 6 | - | - |" in text
 
 
 def test_synthetic_checkpoint_loads_as_autoawq(tmp_path):
