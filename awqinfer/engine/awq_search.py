@@ -15,10 +15,12 @@ Per layer, for each group of linears sharing one input (AutoAWQ's
     gate_up    RMSNorm(x)         post_attention_layernorm       all
     down_proj  silu(gate) * up    up_proj's rows                 all
 
-1. scales: s = mean|x|^alpha per input channel, normalised by sqrt(max s * min s),
-   alpha on AutoAWQ's grid 0, 0.05, .., 0.95; keep the s whose quantised weights
-   give the smallest output error ||X W^T - (X/s) Q(W s)^T||^2 over the calibration
-   tokens (alpha = 0 is plain round-to-nearest, so the search never does worse on it).
+1. scales: s = mean|x|^alpha / mean|w'|^(1-alpha) per input channel (w' = w over its
+   group's max |w|: AutoAWQ's default "duo scaling"; the paper's s = mean|x|^alpha
+   measured worse on SmolLM2), normalised by sqrt(max s * min s), alpha on AutoAWQ's
+   grid 0, 0.05, .., 0.95; keep the s whose quantised weights give the smallest output
+   error ||X W^T - (X/s) Q(W s)^T||^2 over the calibration tokens. s = 1 (plain
+   round-to-nearest) is a candidate too, so the search never does worse than RTN on it.
 2. clipping: per output row and group, shrink the weight range to max|w| * (1 - i/20),
    i = 0..9, keeping the one with the smallest error of that group's partial output
    (AutoAWQ's ``auto_clip``).
@@ -92,10 +94,16 @@ def search_scales(x_mean: np.ndarray, gram: np.ndarray, weight: np.ndarray, grou
 
     x_mean (K,): mean |x| per channel; gram (K, K): X^T X; weight (N, K).
     """
-    best, best_loss = np.ones_like(x_mean), np.inf
+    n, k = weight.shape
+    w = np.abs(weight).reshape(n, k // group_size, group_size)
+    w_mean = (w / (w.max(axis=2, keepdims=True) + 1e-6)).reshape(n, k).mean(axis=0)  # |w| relative to its group
+    candidates = [np.ones_like(x_mean)]  # s = 1: plain rounding
     for i in range(N_GRID):
-        s = np.maximum(x_mean ** (i / N_GRID), 1e-4)
-        s /= np.sqrt(s.max() * s.min())
+        alpha = i / N_GRID
+        s = np.maximum(x_mean ** alpha / (w_mean ** (1 - alpha) + 1e-4), 1e-4)
+        candidates.append(s / np.sqrt(s.max() * s.min()))
+    best, best_loss = None, np.inf
+    for s in candidates:
         dw = fake_quantize(weight * s, group_size) / s - weight
         loss = float(np.sum((dw @ gram) * dw))  # = ||X dw^T||^2
         if loss < best_loss:
