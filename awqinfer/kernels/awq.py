@@ -60,13 +60,31 @@ def dequantize_awq_checkpoint(qweight, qzeros, scales, group_size: int) -> np.nd
 
 def to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:
     """Checkpoint layout -> kernel layout, written into the given (N, K/8), (N, G), (N, G) buffers."""
-    q = unpack_awq(np.asarray(qweight))  # [K, N]
-    k, n = q.shape
-    qt = np.ascontiguousarray(q.T).reshape(n, k // 8, 8).astype(np.uint32)  # [N, K/8, 8], input order
-    out_q[...] = np.bitwise_or.reduce(qt << _SHIFTS, axis=-1).view(np.int32)
+    columns = np.ascontiguousarray(np.asarray(qweight).view(np.uint32).T)  # [N/8, K]: one pack of 8 outputs a row
+    _repack_words(columns, np.array(AWQ_PACK_ORDER, np.int64), out_q.view(np.uint32))
     s = np.asarray(scales, dtype=np.float32).T  # [N, G]
     out_s[...] = s
     out_sz[...] = s * unpack_awq(np.asarray(qzeros)).astype(np.float32).T
+
+
+@njit(cache=True)
+def _repack_words(columns, pack_order, out):
+    """AWQ words, transposed, -> kernel-layout words: the load-time half of to_kernel_layout.
+
+    columns (N/8, K) uint32: row c holds input k's nibbles for outputs 8c..8c+7 (AWQ's order);
+    pack_order (8,) int64 = AWQ_PACK_ORDER; out (N, K/8) uint32: input 8j+i in nibble i of word j.
+    """
+    n_packs, k = columns.shape
+    for c in range(n_packs):  # serial: ~3 GB/s, and a prange version ran 40x slower
+        col = columns[c]
+        for p in range(8):
+            row = out[8 * c + pack_order[p]]
+            shift = np.uint32(4 * p)
+            for j in range(k // 8):
+                word = np.uint32(0)
+                for i in range(8):
+                    word |= ((col[8 * j + i] >> shift) & np.uint32(15)) << np.uint32(4 * i)
+                row[j] = word
 
 
 # --- kernels on the kernel layout --------------------------------------------
