@@ -33,15 +33,18 @@ class Model:
         self.backend = backend
         self.weights = backend.upload(weights)
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
-        self.fast_lm_head_int8 = False  # decode_one_token reads an int8 copy of lm_head (engine/decode.py)
+        self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
         self._decode_state = None  # built on first use; False when the weights do not allow it
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "Model":
-        """Load config.json and the safetensors weights of a checkpoint directory."""
+    def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False) -> "Model":
+        """Load config.json and the safetensors weights of a checkpoint directory.
+
+        ``int8``: quantize float projections to int8 weight-only as they are read.
+        """
         backend = get_backend(device)
         config = ModelConfig.load(directory)
-        return cls(config, load_weights(Checkpoint(directory), config), backend)
+        return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend)
 
     def new_cache(self, max_tokens: int) -> KVCache:
         """An empty KV cache for one sequence of up to ``max_tokens`` positions."""

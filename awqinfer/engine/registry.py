@@ -21,12 +21,7 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 from .backend import get_backend
-from .checkpoint import Checkpoint
-from .config import ModelConfig
-from .model import Model
 from .runner import LLM
-from .tokenizer import Tokenizer
-from .weights import load_weights
 
 
 @dataclass(frozen=True)
@@ -66,14 +61,10 @@ CACHE_ENV = "AWQINFER_CACHE"
 
 def load(model: str | Path | None = None, device: str = "cpu") -> LLM:
     """Load ``model`` (see the module docstring) onto ``device`` ('cpu' or 'cuda')."""
-    backend = get_backend(device)  # a bad device is an error before any file is touched
+    get_backend(device)  # a bad device is an error before any file is touched
     directory, int8 = resolve(model)
     name = DEFAULT_NAME if model is None else str(model)
-    if not int8:
-        return LLM.from_directory(directory, name, device)
-    config = ModelConfig.load(directory)
-    weights = load_weights(Checkpoint(directory), config, int8=True)
-    return LLM(Model(config, weights, backend), Tokenizer(directory), name)
+    return LLM.from_directory(directory, name, device, int8)
 
 
 def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool]:

@@ -35,9 +35,13 @@ class LLM:
         self.stop_ids = frozenset(model.config.eos_token_ids) | tokenizer.eos_token_ids
 
     @classmethod
-    def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu") -> "LLM":
-        """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``."""
-        return cls(Model.load(directory, device), Tokenizer(directory), name or str(directory))
+    def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu",
+                       int8: bool = False) -> "LLM":
+        """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``.
+
+        ``int8``: float projections become int8 weight-only at load (``@cf/meta/llama-2-7b-chat-int8``).
+        """
+        return cls(Model.load(directory, device, int8), Tokenizer(directory), name or str(directory))
 
     def run(self, inputs: dict):
         """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
