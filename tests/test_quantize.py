@@ -25,9 +25,12 @@ def read_all(directory) -> dict:
     return tensors
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "fp16"])
 def test_rtn_tensors_are_autoawq_round_to_nearest(fixture, request, tmp_path):
-    src = request.getfixturevalue(fixture)
+    if fixture == "fp16":
+        src = make_model(tmp_path / "fp16", "qwen2", dtype=np.float16)
+    else:
+        src = request.getfixturevalue(fixture)
     out = quantize(src, tmp_path / "q", method="rtn", group_size=32, progress=False)
     source, written = read_all(src), read_all(out)
     linears = [n for n in source if n.endswith("_proj.weight")]
