@@ -250,6 +250,7 @@ def run(args) -> dict:
             results[name] = {k: [float("nan")] for k in results[name]}
 
     out = {
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
         "started": started.isoformat(timespec="seconds"), "machine": machine(),
         "load_average_before": load_before, "args": vars(args), "model_dir": str(directory),
         "gguf": str(gguf) if gguf else None, "load_s": {e.name: e.load_s for e in engines},
@@ -332,14 +333,16 @@ def targets(out) -> list[tuple[str, str, bool | None]]:
     lc, tc = res.get("llama.cpp", {}), res.get("torch", {})
     rows = []
     dec = next(k for k in aw if k.startswith("decode ") and "@" not in k)
-    for label, key, peer, need in [("decode >= 1.0x llama.cpp", dec, lc, 1.0),
-                                   ("decode >= 3x torch fp32", dec, tc, 3.0)] + \
-            [(f"prefill {k.split()[1]} >= 0.5x llama.cpp", k, lc, 0.5) for k in aw if k.startswith("prefill")]:
-        if key in peer:
-            r = med(aw[key]) / med(peer[key])
-            rows.append((label, f"{r:.2f}x", bool(r >= need)))
-        else:
-            rows.append((label, "peer not measured", None))
+    checks = [("decode >= 1.0x llama.cpp", dec, lc, 1.0), ("decode >= 3x torch fp32", dec, tc, 3.0)] + \
+        [(f"prefill {k.split()[1]} >= 0.5x llama.cpp", k, lc, 0.5) for k in aw if k.startswith("prefill")]
+    for name in [n for n in res if n.startswith("awqinfer")]:
+        for label, key, peer, need in checks:
+            label = label if name == "awqinfer" else f"{label} ({name})"
+            if key in peer:
+                r = med(res[name][key]) / med(peer[key])
+                rows.append((label, f"{r:.2f}x", bool(r >= need)))
+            else:
+                rows.append((label, "peer not measured", None))
     if "big" in out:
         b = out["big"]
         frac = med(b["tok_s"]) / b["bound_tok_s"]
@@ -361,7 +364,7 @@ def report(out) -> str:
         "",
         f"Run {out['started']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-        f"Command: `python -m benchmarks {' '.join(sys.argv[1:])}`. Model: `{out['model_dir']}`"
+        f"Command: `{out['command']}`. Model: `{out['model_dir']}`"
         + (f"; peers read `{out['gguf']}`." if out["gguf"] else "."),
         f"Load average before / after: {', '.join(f'{x:.1f}' for x in out['load_average_before'])} / "
         f"{', '.join(f'{x:.1f}' for x in out['load_average_after'])} (the machine is shared: figures are "
@@ -451,12 +454,13 @@ def parse_args(argv=None):
     p.add_argument("--bandwidth-gb", type=float, default=1.0)
     p.add_argument("--out", default=str(HERE), help="directory for RESULTS.md, results.json and the plot")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--from-json", help="only write RESULTS.md and the plot again from a results.json")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = run(args)
+    out = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
     text = report(out)

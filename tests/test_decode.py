@@ -42,8 +42,9 @@ def test_fast_decode_equals_reference(fixture, request):
 def test_fast_decode_with_int8_lm_head(tiny_qwen2_awq):
     """int8 lm_head: each logit is the f32 head's (the rescored top) or the int8 copy's, the argmax the f32 one."""
     model = Model.load(tiny_qwen2_awq)
+    assert model._fast_state() and not model._decode_state.lm_head_int8  # the default: the f32 head
     model.fast_lm_head_int8 = True
-    assert model._fast_state()
+    assert model._fast_state() and model._decode_state.lm_head_int8  # rebuilt when the flag changes
     _, q8, s8 = model._decode_state.lm_head
     assert q8.dtype == np.int8 and q8.shape == model.weights.lm_head.weight.shape
     original = model.weights.lm_head

@@ -33,6 +33,7 @@ class DecodeState:
         self.norms = norms  # (L, 2, H) f32
         self.final_norm = final_norm  # (H,) f32
         self.lm_head = lm_head  # (weight (V, H) f32, q8 (V, H) int8 or (0, 0), scales (V,) f32 or (0,))
+        self.lm_head_int8 = lm_head[1].size > 0
         self.embed = embed  # Embedding: ids -> (T, H) f32
         H, I = c.hidden_size, c.intermediate_size
         k_max = max(H, c.q_size, I)
@@ -89,15 +90,16 @@ class DecodeState:
 def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarray:
     """Logits (1, V) f32 for ``token`` at position cache.pos, advancing the cache by one.
 
-    The caller (Model.forward) has validated the token and the cache.
+    The caller (Model.forward) has validated the token and the cache. The scratch buffers are
+    the state's own: one sequence at a time per model (no two threads in forward at once).
     """
     c = state.config
     pos = cache.pos
     cos, sin = cos_sin(c.rope, c.head_dim, c.max_position_embeddings, pos, 1)
     state.x[:] = state.embed(np.array([token]))[0]
     scratch = state.vectors + state.attention_scratch(cache.capacity)
-    decode_step(state.x, state.layers, state.norms, state.final_norm, state.lm_head, cache.k, cache.v, pos, cos[0], sin[0],
-                np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, state.logits)
+    decode_step(state.x, state.layers, state.norms, state.final_norm, state.lm_head, cache.k, cache.v, pos,
+                cos[0], sin[0], np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, state.logits)
     cache.pos += 1
     return state.logits[None, :].copy()
 

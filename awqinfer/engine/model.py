@@ -76,7 +76,8 @@ class Model:
 
     def _fast_state(self) -> bool:
         """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
-        if self._decode_state is None:
+        state = self._decode_state
+        if state is None or (state and state.lm_head_int8 != self.fast_lm_head_int8):
             ok = self.backend is CPU and DecodeState.build(self.config, self.weights, self.fast_lm_head_int8)
             self._decode_state = ok or False
         return self._decode_state is not False
