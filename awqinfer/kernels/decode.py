@@ -20,6 +20,10 @@ serves AWQ, dense and mixed models of either architecture.
 Parallel work (``prange``, both cores): the matrix-vector products (row chunks)
 and the attention (KV heads x position chunks, merged flash-decoding style).
 The small vector steps (norms, rope, silu, residual adds) run on one thread.
+
+Numba's on-disk cache (``cache=True``) keys each function on its own file only:
+the cached ``decode_step`` holds code from awq.py, dense.py and int8.py, so after
+editing those, delete awqinfer/kernels/__pycache__/decode.* (a stale mix crashed once).
 """
 
 from __future__ import annotations
