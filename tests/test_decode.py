@@ -87,3 +87,31 @@ def test_unstackable_weights_fall_back_to_reference(tiny_llama):
     b = model.forward([5], cache_b, fast=False)
     assert model._decode_state is False
     np.testing.assert_array_equal(a, b)
+
+
+def test_threads_sharing_a_model_get_their_own_results(tiny_llama_awq):
+    """Two threads decoding on one model (separate caches) each get what they would get alone."""
+    import threading
+
+    import awqinfer
+
+    model = awqinfer.load(tiny_llama_awq).model
+
+    def greedy(prompt, n=24):
+        cache = model.new_cache(64)
+        logits = model.forward(prompt, cache, last_only=True)
+        out = []
+        for _ in range(n):
+            out.append(int(np.argmax(logits[-1])))
+            logits = model.forward([out[-1]], cache)
+        return out
+
+    prompts = [[1, 5, 9, 13], [1, 200, 7]]
+    alone = [greedy(p) for p in prompts]
+    together = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, greedy(prompts[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone

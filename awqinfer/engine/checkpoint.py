@@ -105,10 +105,8 @@ class Checkpoint:
         """``name`` converted to a new float32 array (fp32, fp16 or bf16 source)."""
         info = self.info(name)
         raw = self.get(name)
-        if info.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        if info.dtype in ("F32", "F16", "F64"):
-            return raw.astype(np.float32)
+        if info.dtype in ("BF16", "F32", "F16", "F64"):
+            return widen(raw, bf16=info.dtype == "BF16")
         raise CheckpointError(f"{info.path}: tensor {name!r} has dtype {info.dtype}, expected a float type")
 
     def release(self, name: str) -> None:
@@ -123,6 +121,16 @@ class Checkpoint:
             mm._mmap.madvise(mmap.MADV_DONTNEED, start, info.end - start)
         except (AttributeError, OSError, ValueError):
             pass  # an optimisation only; correctness does not depend on it
+
+
+def widen(raw: np.ndarray, bf16: bool = False) -> np.ndarray:
+    """A float array (bf16 given as its uint16 bits) -> a new float32 array.
+
+    bfloat16 is the top half of a float32, so shifting its bits up 16 places is exact.
+    """
+    if bf16:
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
 
 
 def _read_header(path: Path) -> list[TensorInfo]:

@@ -11,6 +11,7 @@ same KVCache, whose fill level is the position of the next token.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ class Model:
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
         self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
         self._decode_state = None  # built on first use; False when the weights do not allow it
+        self._decode_lock = threading.Lock()
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False) -> "Model":
@@ -60,7 +62,8 @@ class Model:
         """
         ids = self._check(ids, cache)
         if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
-            return decode_one_token(self._decode_state, int(ids[0]), cache)
+            with self._decode_lock:  # its scratch buffers serve one call at a time
+                return decode_one_token(self._decode_state, int(ids[0]), cache)
         c, w, ops = self.config, self.weights, self.backend
         start = cache.pos
         cos, sin = (ops.to_device(a) for a in cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, len(ids)))

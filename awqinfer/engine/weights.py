@@ -22,7 +22,7 @@ from ..errors import CheckpointError
 from ..kernels.awq import awq_gemm, awq_gemv, to_kernel_layout
 from ..kernels.dense import dense_gemm, dense_gemv
 from ..kernels.int8 import int8_gemm, int8_gemv, quantize_int8
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, widen
 from .config import ModelConfig
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")
@@ -111,14 +111,11 @@ class Embedding:
     bf16: bool = False
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.asarray(self.table[ids])
-        if self.bf16:
-            return (rows.astype(np.uint32) << 16).view(np.float32)
-        return rows.astype(np.float32)
+        return widen(self.table[ids], self.bf16)
 
     def to_float32(self) -> np.ndarray:
         """The whole table as f32 (V, H), for a tied lm_head."""
-        return self(np.arange(self.table.shape[0]))
+        return widen(self.table, self.bf16)
 
 
 @dataclass
