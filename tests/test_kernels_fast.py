@@ -6,6 +6,8 @@ import pytest
 from awqinfer.kernels import awq, decode
 from awqinfer.kernels.attention import attention
 from awqinfer.kernels.awq import awq_dequantize, awq_gemm, awq_gemv
+from awqinfer.kernels.norm import rmsnorm
+from awqinfer.kernels.rope import apply_rope
 
 
 def _kernel_layout(rng, n, k, group):
@@ -97,26 +99,27 @@ def test_prefill_attention_matches_numpy(n_tokens, start):
         np.testing.assert_allclose(out[t].reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
 
 
-def test_rmsnorm_and_rope_vectors_match_numpy():
+def test_rmsnorm_and_rope_match_numpy():
+    """The norm and RoPE kernels both paths share (decode_step calls them on one-row views)."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal(96).astype(np.float32)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
     w = rng.standard_normal(96).astype(np.float32)
     out = np.empty_like(x)
-    decode.rmsnorm_vec(x, w, 1e-5, out)
-    want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-5) * w
+    rmsnorm(x, w, 1e-5, out)
+    want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + 1e-5) * w
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
-    dim, heads = 16, 5
-    v = rng.standard_normal(heads * dim).astype(np.float32)
-    angles = rng.uniform(-3, 3, dim // 2)
+    dim, heads, tokens = 16, 5, 2
+    v = rng.standard_normal((tokens, heads * dim)).astype(np.float32)
+    angles = rng.uniform(-3, 3, (tokens, dim // 2))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     rotated = v.copy()
-    decode.rope_vec(rotated, cos, sin, 3, dim)
-    want = v.reshape(heads, dim).astype(np.float64).copy()
-    a, b = want[:3, : dim // 2].copy(), want[:3, dim // 2 :].copy()
-    want[:3, : dim // 2] = a * cos - b * sin
-    want[:3, dim // 2 :] = b * cos + a * sin
-    np.testing.assert_allclose(rotated.reshape(heads, dim), want, rtol=1e-5, atol=1e-6)
+    apply_rope(rotated, cos, sin, 3, dim)  # the first 3 heads (q and k), not the v heads
+    want = v.reshape(tokens, heads, dim).astype(np.float64).copy()
+    a, b = want[:, :3, : dim // 2].copy(), want[:, :3, dim // 2 :].copy()
+    want[:, :3, : dim // 2] = a * cos[:, None] - b * sin[:, None]
+    want[:, :3, dim // 2 :] = b * cos[:, None] + a * sin[:, None]
+    np.testing.assert_allclose(rotated.reshape(tokens, heads, dim), want, rtol=1e-5, atol=1e-6)
 
 
 def test_prepare_input_layout():

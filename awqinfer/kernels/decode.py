@@ -19,7 +19,8 @@ serves AWQ, dense and mixed models of either architecture.
 
 Parallel work (``prange``, both cores): the matrix-vector products (row chunks)
 and the attention (KV heads x position chunks, merged flash-decoding style).
-The small vector steps (norms, rope, silu, residual adds) run on one thread.
+The small vector steps (norms, rope, cache write, silu, residual adds) are the very kernels
+model.py calls, on one-row views, and run on one thread.
 
 Numba's on-disk cache (``cache=True``) keys each function on its own file only:
 the cached ``decode_step`` holds code from awq.py, dense.py and int8.py, so after
@@ -31,38 +32,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .activations import add_, silu_mul
+from .attention import store_kv
 from .awq import GEMV_CHUNKS, awq_matvec, awq_prepare_input
 from .dense import dense_gemv
 from .int8 import int8_gemv
+from .norm import rmsnorm
+from .rope import apply_rope
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
-
-
-@njit(cache=True, fastmath=True)
-def rmsnorm_vec(x, weight, eps, out):
-    """x (H,) f32; weight (H,) f32; out (H,) f32 = x / sqrt(mean(x^2) + eps) * weight."""
-    hidden = x.shape[0]
-    ss = np.float32(0.0)
-    for i in range(hidden):
-        ss += x[i] * x[i]
-    inv = np.float32(1.0) / np.sqrt(ss / np.float32(hidden) + np.float32(eps))
-    for i in range(hidden):
-        out[i] = x[i] * inv * weight[i]
-
-
-@njit(cache=True, fastmath=True)
-def rope_vec(v, cos, sin, n_rotated, head_dim):
-    """Rotate the first n_rotated heads of v (heads * D,) in place; cos, sin (D/2,) f32."""
-    half = head_dim // 2
-    for h in range(n_rotated):
-        a = v[h * head_dim : h * head_dim + half]
-        b = v[h * head_dim + half : (h + 1) * head_dim]
-        for i in range(half):
-            ai = a[i]
-            bi = b[i]
-            a[i] = ai * cos[i] - bi * sin[i]
-            b[i] = bi * cos[i] + ai * sin[i]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -192,38 +171,33 @@ def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, co
     layers: (qkv, o_proj, gate_up, down_proj), each a stacked 5-tuple (module docstring).
     norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
     lm_head: (weight (V, H) f32, q8 (V, H) int8, scales8 (V,) f32): with q8 empty (0, 0) the logits come
-    from the f32 weight; else from q8 (a quarter of the bytes), the top RESCORE then recomputed in f32; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
+    from the f32 weight; else from q8 (a quarter of the bytes), the top RESCORE then recomputed in f32;
+    k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
     cos, sin (D/2,) f32 for position ``pos``; scratch: the tuple engine/decode.py makes.
     """
     qkv, o_proj, gate_up, down_proj = layers
     h, qkv_out, attn, mlp, act, proj, xp, xsum, dots, best, scores, o_part, m_part, l_part = scratch
     n_layers, n_kv, _, dim = k_cache.shape
     q_size = n_heads * dim
-    inter = act.shape[0]
+    row = lambda v: v.reshape((1, v.shape[0]))  # the (T, ...) kernels of decoder_layer take T = 1
     for l in range(n_layers):
         # attention block
-        rmsnorm_vec(x, norms[l, 0], eps, h)
+        rmsnorm(row(x), norms[l, 0], eps, row(h))
         project(h, qkv, l, xp, xsum, dots, qkv_out)
-        rope_vec(qkv_out, cos, sin, n_heads + n_kv, dim)
+        apply_rope(row(qkv_out), row(cos), row(sin), n_heads + n_kv, dim)
         kc = k_cache[l]
         vc = v_cache[l]
-        for kh in range(n_kv):
-            kc[kh, pos] = qkv_out[q_size + kh * dim : q_size + (kh + 1) * dim]
-            vc[kh, pos] = qkv_out[q_size + (n_kv + kh) * dim : q_size + (n_kv + kh + 1) * dim]
+        store_kv(row(qkv_out), kc, vc, pos, n_heads)
         attend_one(qkv_out[:q_size], kc, vc, pos + 1, scores, o_part, m_part, l_part, attn)
         project(attn, o_proj, l, xp, xsum, dots, proj)
-        for i in range(x.shape[0]):
-            x[i] += proj[i]
+        add_(row(x), row(proj))
         # MLP block
-        rmsnorm_vec(x, norms[l, 1], eps, h)
+        rmsnorm(row(x), norms[l, 1], eps, row(h))
         project(h, gate_up, l, xp, xsum, dots, mlp)
-        for i in range(inter):
-            g = mlp[i]
-            act[i] = g / (np.float32(1.0) + np.exp(-g)) * mlp[inter + i]
+        silu_mul(row(mlp), row(act))
         project(act, down_proj, l, xp, xsum, dots, proj)
-        for i in range(x.shape[0]):
-            x[i] += proj[i]
-    rmsnorm_vec(x, final_norm, eps, h)
+        add_(row(x), row(proj))
+    rmsnorm(row(x), final_norm, eps, row(h))
     head, head_q8, head_s8 = lm_head
     if head_q8.shape[0] > 0:
         int8_gemv(h, head_q8, head_s8, logits)
