@@ -88,10 +88,9 @@ def weight_bytes_per_token(model) -> int:
     """Bytes of weights one decode step reads: every layer's matrices, the lm_head, one embedding row."""
     w = model.weights
     total = 0
-    for linears in w.stacks.values():
-        for lin in linears:
-            total += sum(a.nbytes for a in vars(lin).values() if isinstance(a, np.ndarray))
-    total += sum(layer.input_norm.nbytes + layer.post_norm.nbytes for layer in w.layers)
+    for stack in w.stacks.values():
+        total += sum(a.nbytes for a in vars(stack).values() if isinstance(a, np.ndarray))
+    total += w.norms.nbytes
     state = model._decode_state
     f32, q8, s8 = state.lm_head if state else (w.lm_head.weight, np.zeros((0, 0)), np.zeros(0))
     if q8.size:  # the int8 screen, then RESCORE f32 rows

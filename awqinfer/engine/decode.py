@@ -56,23 +56,16 @@ class DecodeState:
         small model, then recompute the top RESCORE logits from the f32 rows: the argmax and
         the top logits are the reference's, the others differ by the int8 rounding (~0.5%).
         """
-        projections = []
-        for name in PROJECTIONS:
-            stacked = _stack_projection(weights.stacks.get(name, []), config.num_hidden_layers)
-            if stacked is None:
-                return None
-            projections.append(stacked)
-        norms = _stacked([a for layer in weights.layers for a in (layer.input_norm, layer.post_norm)])
+        projections = tuple(_stack_projection(weights.stacks[name]) for name in PROJECTIONS)
         head = weights.lm_head
-        if norms is None or type(head) is not DenseLinear or head.bias is not None or \
+        if None in projections or type(head) is not DenseLinear or head.bias is not None or \
                 not head.weight.flags.c_contiguous:
             return None
-        L, H = config.num_hidden_layers, config.hidden_size
         if lm_head_int8:
             head_tuple = (head.weight,) + quantize_int8(head.weight)
         else:
             head_tuple = (head.weight, np.zeros((0, 0), np.int8), np.zeros(0, np.float32))
-        return cls(config, tuple(projections), norms.reshape(L, 2, H), weights.norm, head_tuple, weights.embed)
+        return cls(config, projections, weights.norms, weights.norm, head_tuple, weights.embed)
 
     def attention_scratch(self, capacity: int) -> tuple:
         """Scores and partial softmaxes for a cache of ``capacity`` positions (regrown when needed)."""
@@ -104,48 +97,15 @@ def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarr
     return state.logits[None, :].copy()
 
 
-def _stacked(views: list) -> np.ndarray | None:
-    """The (len(views), ...) C-contiguous array whose consecutive sub-arrays are ``views``, or None."""
-    first = views[0]
-    base = first.base
-    while base is not None and base.base is not None and base.size != len(views) * first.size:
-        base = base.base
-    if base is None or base.dtype != first.dtype or base.size != len(views) * first.size or \
-            not base.flags.c_contiguous or not first.flags.c_contiguous:
+def _stack_projection(stack) -> tuple | None:
+    """A stacked Linear (arrays (L, ...)) -> decode_step's 5-tuple, or None for a format it lacks."""
+    empty = lambda dtype, *shape: np.zeros(shape, dtype)
+    if type(stack) is AwqLinear:
+        L = stack.qweight.shape[0]
+        arrays = (stack.qweight, stack.scales, stack.szeros, empty(np.float32, L, 0, 0))
+    elif type(stack) is DenseLinear:
+        L = stack.weight.shape[0]
+        arrays = (empty(np.int32, L, 0, 0), empty(np.float32, L, 0, 0), empty(np.float32, L, 0, 0), stack.weight)
+    else:  # int8 projections go through the readable path
         return None
-    start = base.__array_interface__["data"][0]
-    for i, v in enumerate(views):
-        if v.shape != first.shape or v.__array_interface__["data"][0] != start + i * first.nbytes:
-            return None
-    return base.reshape((len(views),) + first.shape)
-
-
-def _stack_projection(linears: list, n_layers: int) -> tuple | None:
-    """A projection's per-layer Linears -> decode_step's stacked 5-tuple, or None if not stackable."""
-    if len(linears) != n_layers:
-        return None
-    kinds = {type(lin) for lin in linears}
-    empty3 = lambda dtype: np.zeros((n_layers, 0, 0), dtype)
-    if kinds == {AwqLinear}:
-        arrays = [_stacked([getattr(lin, f) for lin in linears]) for f in ("qweight", "scales", "szeros")]
-        if any(a is None for a in arrays):
-            return None
-        arrays.append(empty3(np.float32))
-        n = linears[0].out_features
-    elif kinds == {DenseLinear}:
-        weight = _stacked([lin.weight for lin in linears])
-        if weight is None or weight.dtype != np.float32:
-            return None
-        arrays = [empty3(np.int32), empty3(np.float32), empty3(np.float32), weight]
-        n = weight.shape[1]
-    else:
-        return None
-    if linears[0].bias is None:
-        if any(lin.bias is not None for lin in linears):
-            return None
-        bias = np.zeros((n_layers, 0), np.float32)
-    else:
-        bias = _stacked([lin.bias for lin in linears])
-        if bias is None or bias.shape != (n_layers, n):
-            return None
-    return tuple(arrays) + (bias,)
+    return arrays + (stack.bias if stack.bias is not None else empty(np.float32, L, 0),)

@@ -14,7 +14,7 @@ into the stack: a compiled decode step can take all layers in one call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -43,6 +43,11 @@ class Linear:
         if self.bias is not None:
             out += self.bias
         return out
+
+    def layer(self, l: int) -> "Linear":
+        """Layer ``l`` of a stacked Linear (every array (n_layers, ...)): the same class over views."""
+        return replace(self, **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[l]
+                                for f in fields(self)})
 
 
 @dataclass
@@ -132,13 +137,25 @@ class LayerWeights:
 
 @dataclass
 class ModelWeights:
-    """Everything the forward pass reads."""
+    """Everything the forward pass reads.
+
+    ``layers`` is what model.py walks; ``stacks`` and ``norms`` hold the same arrays
+    stacked over layers, what a compiled decode step takes in one call.
+    """
 
     embed: Embedding
     layers: list[LayerWeights]
     norm: np.ndarray  # (H,) f32
     lm_head: Linear  # H -> V
-    stacks: dict[str, list[Linear]] = field(default_factory=dict)  # projection -> per-layer linears
+    stacks: dict[str, Linear]  # 'qkv', 'o_proj', 'gate_up', 'down_proj' -> Linear over (L, ...) arrays
+    norms: np.ndarray  # (L, 2, H) f32: input and post-attention RMSNorm weights
+
+
+def layers_of(stacks: dict[str, Linear], norms) -> list[LayerWeights]:
+    """Per-layer views of stacked projections and norms (host or device arrays alike)."""
+    return [LayerWeights(norms[l, 0], stacks["qkv"].layer(l), stacks["o_proj"].layer(l), norms[l, 1],
+                         stacks["gate_up"].layer(l), stacks["down_proj"].layer(l))
+            for l in range(norms.shape[0])]
 
 
 @dataclass(frozen=True)
@@ -192,10 +209,10 @@ class _Loader:
         q = self.config.quant
         return q is not None and q.quantizes(module)
 
-    def projection(self, projection: Projection, layers: range) -> list[Linear]:
+    def projection(self, projection: Projection, layers: range) -> Linear:
         """Load one projection of ``layers``, fusing its parts (suffix, out_features) along N.
 
-        Returns one Linear per layer, each a view into stacked (len(layers), ...) arrays.
+        Returns one Linear whose arrays are stacked over the layers: (len(layers), ...).
         """
         parts, in_features, bias = projection.parts, projection.in_features, projection.bias
         L = len(layers)
@@ -233,29 +250,26 @@ class _Loader:
                     )
                     for suffix in ("qweight", "qzeros", "scales"):
                         self.ckpt.release(f"{m}.{suffix}")
-            make = lambda l: AwqLinear(qweight[l], scales[l], szeros[l])
+            stack = AwqLinear(qweight, scales, szeros)
         elif self.int8:
             qweight = np.empty((L, n_total, in_features), np.int8)
             scales = np.empty((L, n_total), np.float32)
             for l, row in enumerate(modules):
                 for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
                     qweight[l, lo:hi], scales[l, lo:hi] = quantize_int8(self.float32(f"{m}.weight", (n, in_features)))
-            make = lambda l: Int8Linear(qweight[l], scales[l])
+            stack = Int8Linear(qweight, scales)
         else:
             weight = np.empty((L, n_total, in_features), np.float32)
             for l, row in enumerate(modules):
                 for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
                     weight[l, lo:hi] = self.float32(f"{m}.weight", (n, in_features))
-            make = lambda l: DenseLinear(weight[l])
-        linears = []
-        for l, row in enumerate(modules):
-            linear = make(l)
-            if bias:
+            stack = DenseLinear(weight)
+        if bias:
+            for l, row in enumerate(modules):
                 for (lo, hi), m, (_, n) in zip(zip(offsets, offsets[1:]), row, parts):
                     biases[l, lo:hi] = self.float32(f"{m}.bias", (n,))
-                linear.bias = biases[l]
-            linears.append(linear)
-        return linears
+            stack.bias = biases
+        return stack
 
 
 def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> ModelWeights:
@@ -277,11 +291,6 @@ def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> M
     for l in range(L):
         for i, norm_name in enumerate(LAYER_NORMS):
             norms[l, i] = ld.float32(f"model.layers.{l}.{norm_name}.weight", (H,))
-    layers = [
-        LayerWeights(norms[l, 0], stacks["qkv"][l], stacks["o_proj"][l], norms[l, 1],
-                     stacks["gate_up"][l], stacks["down_proj"][l])
-        for l in range(L)
-    ]
     norm = ld.float32("model.norm.weight", (H,))
 
     if c.tie_word_embeddings:
@@ -298,13 +307,13 @@ def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> M
             f"{ckpt.info(unknown[0]).path}: unknown tensor(s) {', '.join(map(repr, unknown[:5]))}{more} "
             f"for {c.architecture} as configured"
         )
-    return ModelWeights(embed, layers, norm, lm_head, stacks)
+    return ModelWeights(embed, layers_of(stacks, norms), norm, lm_head, stacks, norms)
 
 
 def load_layer(ckpt: Checkpoint, config: ModelConfig, l: int) -> LayerWeights:
     """Decoder layer ``l`` alone, checked like ``load_weights``: the quantizer holds one layer at a time."""
     ld = _Loader(ckpt, config)
-    linear = {name: ld.projection(p, range(l, l + 1))[0] for name, p in projections(config).items()}
+    linear = {name: ld.projection(p, range(l, l + 1)).layer(0) for name, p in projections(config).items()}
     H = config.hidden_size
     input_norm, post_norm = (ld.float32(f"model.layers.{l}.{n}.weight", (H,)) for n in LAYER_NORMS)
     return LayerWeights(input_norm, linear["qkv"], linear["o_proj"], post_norm, linear["gate_up"], linear["down_proj"])

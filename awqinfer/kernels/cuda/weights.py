@@ -1,8 +1,8 @@
 """Device twins of the engine's weights: uploaded once at load, called like the host ones.
 
 ``upload(ModelWeights) -> ModelWeights`` copies every array the forward pass reads to
-the GPU once: each projection's per-layer stack becomes one device array (each layer's
-Linear holds a view into it, as on the host), norms go one by one. The token embedding
+the GPU once: each projection's stack becomes one (L, ...) device array per field (each
+layer's Linear holds a view into it, as on the host), and so do the norms. The token embedding
 table stays on the host (the lookup of a few rows happens there; model.py then uploads
 the rows). This is the one module of kernels/ that knows the engine's weight classes:
 it is the device half of the Backend, and engine/backend.py imports it only on request.
@@ -10,12 +10,12 @@ it is the device half of the Backend, and engine/backend.py imports it only on r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import cuda
 
-from ...engine.weights import AwqLinear, DenseLinear, Int8Linear, Linear, ModelWeights
+from ...engine.weights import AwqLinear, DenseLinear, Int8Linear, Linear, ModelWeights, layers_of
 from ...errors import DeviceError
 from . import awq, dense, int8
 from .activations import add_bias_
@@ -102,39 +102,22 @@ TWINS = {
 
 
 def upload(weights: ModelWeights) -> ModelWeights:
-    """The same ModelWeights with every Linear a device twin and every norm a device array."""
-    twins = {}  # id(host Linear) -> device twin
-    stacks = {}
-    for name, linears in weights.stacks.items():
-        stacks[name] = upload_stack(linears)
-        twins.update(zip(map(id, linears), stacks[name]))
+    """The same ModelWeights with every Linear a device twin and every norm a device array.
 
-    def twin(value):
-        if isinstance(value, Linear):
-            return twins[id(value)] if id(value) in twins else upload_stack([value])[0]
-        if isinstance(value, np.ndarray):
-            return cuda.to_device(np.ascontiguousarray(value))
-        return value
-
-    layers = [replace(layer, **{f.name: twin(getattr(layer, f.name)) for f in fields(layer)})
-              for layer in weights.layers]
-    return replace(weights, layers=layers, norm=twin(weights.norm), lm_head=twin(weights.lm_head), stacks=stacks)
+    Each stacked projection goes up once as (L, ...) device arrays; the layers are views into them.
+    """
+    stacks = {name: upload_linear(stack) for name, stack in weights.stacks.items()}
+    norms = cuda.to_device(np.ascontiguousarray(weights.norms))
+    return replace(weights, layers=layers_of(stacks, norms), norm=cuda.to_device(np.ascontiguousarray(weights.norm)),
+                   lm_head=upload_linear(weights.lm_head), stacks=stacks, norms=norms)
 
 
-def upload_stack(linears: list) -> list:
-    """Per-layer host Linears of one format -> per-layer device twins viewing one (L, ...) array per field."""
-    kind = type(linears[0])
-    if kind not in TWINS:
-        raise DeviceError(f"no CUDA kernels for {kind.__name__} weights (supported: "
+def upload_linear(linear: Linear) -> DeviceLinear:
+    """A host Linear (one layer's, or stacked over layers) -> its device twin, each array copied once."""
+    if type(linear) not in TWINS:
+        raise DeviceError(f"no CUDA kernels for {type(linear).__name__} weights (supported: "
                           f"{', '.join(k.__name__ for k in TWINS)})")
-    if any(type(lin) is not kind for lin in linears) or len({lin.bias is None for lin in linears}) > 1:
-        return [upload_stack([lin])[0] for lin in linears]
-    device_kind, names = TWINS[kind]
-    names = names + (("bias",) if linears[0].bias is not None else ())
-    columns = {}
-    for name in names:
-        arrays = [getattr(lin, name) for lin in linears]
-        if len({(a.shape, a.dtype) for a in arrays}) > 1:
-            return [upload_stack([lin])[0] for lin in linears]
-        columns[name] = cuda.to_device(np.stack(arrays))  # (L, ...) on the device, one copy
-    return [device_kind(**{name: columns[name][l] for name in names}) for l in range(len(linears))]
+    device_kind, names = TWINS[type(linear)]
+    arrays = {name: cuda.to_device(np.ascontiguousarray(getattr(linear, name))) for name in names}
+    bias = None if linear.bias is None else cuda.to_device(np.ascontiguousarray(linear.bias))
+    return device_kind(**arrays, bias=bias)
