@@ -42,7 +42,12 @@ def load_w_tile(weight, w_tile, n0, k0, tid):
 
 
 @cuda.jit(fastmath=True)
-def _dense_gemm(x, weight, out):
+def scaled_gemm(x, weight, scales, out):
+    """out = (X W^T) * scales[n] for float or int8 weight (N, K); an empty ``scales`` means no scale.
+
+    x (T, K) f32; weight (N, K) f32 or int8, each tile widened to f32 once in shared memory;
+    scales (N,) or (0,) f32; out (T, N) f32. The int8 kernels share this one.
+    """
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     tid = ty * TILE_N + tx
@@ -59,10 +64,13 @@ def _dense_gemm(x, weight, out):
         cuda.syncthreads()
         multiply_tiles(x_tile, w_tile, acc, tx, ty)
         cuda.syncthreads()
-    store_tile(acc, out, t0, n0, tx, ty, np.float32(1.0))
+    scale = np.float32(1.0)
+    if scales.shape[0] > 0 and n0 + tx < weight.shape[0]:
+        scale = scales[n0 + tx]
+    store_tile(acc, out, t0, n0, tx, ty, scale)
 
 
 def dense_gemm(x, weight, out):
     """Y = X W^T for a prompt. x (T, K) f32; weight (N, K) f32; out (T, N) f32."""
     grid, block = gemm_launch(x.shape[0], weight.shape[0])
-    _dense_gemm[grid, block](x, weight, out)
+    scaled_gemm[grid, block](x, weight, out[0, :0], out)  # out[0, :0]: an empty device view, no scale

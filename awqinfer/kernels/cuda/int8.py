@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .dense import load_w_tile
+from .dense import scaled_gemm
 from .launch import gemv_launch, store_row_sum
-from .tiles import TILE_K, TILE_N, TILE_T, TOKENS_PER_THREAD, W_TILE, X_TILE, gemm_launch, load_x_tile, \
-    multiply_tiles, store_tile
+from .tiles import gemm_launch
 
 
 @cuda.jit(fastmath=True)
@@ -34,31 +33,7 @@ def int8_gemv(x, qweight, scales, out):
     _int8_gemv[grid, block](x, qweight, scales, out)
 
 
-@cuda.jit(fastmath=True)
-def _int8_gemm(x, qweight, scales, out):
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * TILE_N + tx
-    n0 = cuda.blockIdx.x * TILE_N
-    t0 = cuda.blockIdx.y * TILE_T
-    w_tile = cuda.shared.array(W_TILE, np.float32)
-    x_tile = cuda.shared.array(X_TILE, np.float32)
-    acc = cuda.local.array(TOKENS_PER_THREAD, np.float32)
-    for r in range(TOKENS_PER_THREAD):
-        acc[r] = 0.0
-    for k0 in range(0, qweight.shape[1], TILE_K):
-        load_w_tile(qweight, w_tile, n0, k0, tid)  # widened to f32 once, in shared memory
-        load_x_tile(x, x_tile, t0, k0, tid)
-        cuda.syncthreads()
-        multiply_tiles(x_tile, w_tile, acc, tx, ty)
-        cuda.syncthreads()
-    scale = np.float32(1.0)
-    if n0 + tx < qweight.shape[0]:
-        scale = scales[n0 + tx]
-    store_tile(acc, out, t0, n0, tx, ty, scale)
-
-
 def int8_gemm(x, qweight, scales, out):
     """Y = X W^T for a prompt. x (T, K) f32; qweight (N, K) int8; scales (N,) f32; out (T, N) f32."""
     grid, block = gemm_launch(x.shape[0], qweight.shape[0])
-    _int8_gemm[grid, block](x, qweight, scales, out)
+    scaled_gemm[grid, block](x, qweight, scales, out)
