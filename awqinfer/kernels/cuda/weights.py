@@ -10,7 +10,7 @@ it is the device half of the Backend, and engine/backend.py imports it only on r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from numba import cuda
@@ -35,21 +35,8 @@ class DeviceLinear(Linear):
         return out
 
 
-@dataclass
-class CudaAwqLinear(DeviceLinear):
-    """AwqLinear on the GPU: the same kernel layout, device arrays."""
-
-    qweight: object  # (N, K/8) int32, device
-    scales: object  # (N, G) f32, device
-    szeros: object  # (N, G) f32, device
-    bias: object = None  # (N,) f32, device
-
-    out_features = property(lambda self: self.qweight.shape[0])
-    in_features = property(lambda self: self.qweight.shape[1] * 8)
-
-    @property
-    def group_size(self) -> int:
-        return self.in_features // self.scales.shape[1]
+class CudaAwqLinear(DeviceLinear, AwqLinear):
+    """AwqLinear on the GPU: its fields hold device arrays, its kernels are the CUDA twins."""
 
     def gemv(self, x, out):
         awq.awq_gemv(x, self.qweight, self.scales, self.szeros, out)
@@ -58,15 +45,8 @@ class CudaAwqLinear(DeviceLinear):
         awq.awq_gemm(x, self.qweight, self.scales, self.szeros, out)
 
 
-@dataclass
-class CudaDenseLinear(DeviceLinear):
+class CudaDenseLinear(DeviceLinear, DenseLinear):
     """DenseLinear on the GPU."""
-
-    weight: object  # (N, K) f32, device
-    bias: object = None  # (N,) f32, device
-
-    out_features = property(lambda self: self.weight.shape[0])
-    in_features = property(lambda self: self.weight.shape[1])
 
     def gemv(self, x, out):
         dense.dense_gemv(x, self.weight, out)
@@ -75,16 +55,8 @@ class CudaDenseLinear(DeviceLinear):
         dense.dense_gemm(x, self.weight, out)
 
 
-@dataclass
-class CudaInt8Linear(DeviceLinear):
+class CudaInt8Linear(DeviceLinear, Int8Linear):
     """Int8Linear on the GPU."""
-
-    qweight: object  # (N, K) int8, device
-    scales: object  # (N,) f32, device
-    bias: object = None  # (N,) f32, device
-
-    out_features = property(lambda self: self.qweight.shape[0])
-    in_features = property(lambda self: self.qweight.shape[1])
 
     def gemv(self, x, out):
         int8.int8_gemv(x, self.qweight, self.scales, out)
