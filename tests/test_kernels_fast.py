@@ -148,3 +148,21 @@ def test_dense_gemm_and_gemv_match_numpy(n_tokens, n):
     one = np.full(n, np.nan, np.float32)
     dense_gemv(x[0], w, one)
     np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path):
+    """A cached compiled step must not outlive an edit to a kernel it calls from another file."""
+    from awqinfer.kernels import drop_stale_cache
+
+    (tmp_path / "awq.py").write_text("A = 1\n")
+    (tmp_path / "decode.py").write_text("B = 1\n")
+    cache = tmp_path / "__pycache__"
+    assert drop_stale_cache(tmp_path)  # first sight: no fingerprint yet
+    (cache / "decode.decode_step-1.py311.nbi").write_bytes(b"index")
+    (cache / "decode.decode_step-1.py311.1.nbc").write_bytes(b"code")
+    assert not drop_stale_cache(tmp_path)  # nothing changed: the cache stays
+    assert len(list(cache.glob("*.nb[ic]"))) == 2
+    (tmp_path / "awq.py").write_text("A = 2\n")  # a sibling of decode.py changes
+    assert drop_stale_cache(tmp_path)
+    assert list(cache.glob("*.nb[ic]")) == []
+    assert not drop_stale_cache(tmp_path)

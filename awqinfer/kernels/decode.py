@@ -22,9 +22,9 @@ and the attention (KV heads x position chunks, merged flash-decoding style).
 The small vector steps (norms, rope, cache write, silu, residual adds) are the very kernels
 model.py calls, on one-row views, and run on one thread.
 
-Numba's on-disk cache (``cache=True``) keys each function on its own file only:
-the cached ``decode_step`` holds code from awq.py, dense.py and int8.py, so after
-editing those, delete awqinfer/kernels/__pycache__/decode.* (a stale mix crashed once).
+Numba's on-disk cache (``cache=True``) keys each function on its own file only,
+while the cached ``decode_step`` holds code from its sibling files: kernels/__init__.py
+drops the whole cache when any kernel source changes (a stale mix crashed once).
 """
 
 from __future__ import annotations
