@@ -149,6 +149,19 @@ def test_tiny_gguf_round_trip_f32(tiny_bytelevel_llama, tmp_path):
     assert tc["chat_template"] == CHATML_TEMPLATE and tc["eos_token"] == "<|im_end|>"
 
 
+def test_large_gguf_imports_into_shards(tiny_bytelevel_llama, tmp_path, monkeypatch):
+    """A model past the shard size is written as shards plus an index, and reads back bit for bit."""
+    from awqinfer.engine import checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 64 * 1024)
+    out = convert_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", tiny_bytelevel_llama, "F32"), tmp_path / "hf")
+    assert not (out / "model.safetensors").exists() and len(list(out.glob("model-*-of-*.safetensors"))) > 1
+    original, converted = Checkpoint(tiny_bytelevel_llama), Checkpoint(out)
+    assert set(converted.tensors) == set(original.tensors)
+    for name in original.tensors:
+        np.testing.assert_array_equal(converted.to_float32(name), original.to_float32(name), err_msg=name)
+
+
 @pytest.mark.parametrize("qtype,tol", [("F16", 1e-3), ("Q8_0", 1e-2)])
 def test_tiny_gguf_quantized_types_dequantize(tiny_bytelevel_llama, tmp_path, qtype, tol):
     out = convert_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", tiny_bytelevel_llama, qtype), tmp_path / "hf")

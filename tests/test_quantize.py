@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import awqinfer
-from awqinfer.engine import quantize as quantize_module
+from awqinfer.engine import checkpoint as checkpoint_module
 from awqinfer.engine.checkpoint import Checkpoint
 from awqinfer.engine.config import ModelConfig
 from awqinfer.engine.quantize import quantize
@@ -62,7 +62,7 @@ def test_rtn_checkpoint_config_files_and_load(tiny_qwen2, tmp_path):
 
 
 def test_large_checkpoints_are_sharded_with_an_index(tiny_llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(quantize_module, "SHARD_BYTES", 64 * 1024)
+    monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 64 * 1024)
     out = quantize(tiny_llama, tmp_path / "q", method="rtn", group_size=32, progress=False)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))

@@ -1,4 +1,4 @@
-"""Safetensors checkpoints, single-file or sharded, memory-mapped and checked.
+"""Safetensors checkpoints, single-file or sharded: read memory-mapped and checked, and written.
 
 The safetensors format is an 8-byte little-endian header length, a JSON header
 mapping each tensor name to ``{dtype, shape, data_offsets}``, then the raw
@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from ..errors import CheckpointError
+
+SHARD_BYTES = 2 * 1024**3  # writing: start a new safetensors shard past 2 GiB
 
 # safetensors dtype -> numpy dtype. bfloat16 has no numpy type: it is exposed as
 # its raw uint16 bits and widened by ``to_float32``.
@@ -171,3 +174,49 @@ def _read_header(path: Path) -> list[TensorInfo]:
             )
         infos.append(TensorInfo(name, path, dtype, shape, data_start + begin, data_start + end))
     return infos
+
+
+class ShardWriter:
+    """Safetensors files written as tensors arrive, a new shard past SHARD_BYTES, named as transformers names them.
+
+    One shard: ``model.safetensors``. More: ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` (the count n is known only at the end, so shards are renamed then).
+    """
+
+    def __init__(self, directory: Path):
+        self.directory, self.shard_bytes = directory, SHARD_BYTES
+        self.pending: dict[str, np.ndarray] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []  # tensor names of each written shard
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: np.ndarray) -> None:
+        if self.pending and self.pending_bytes + tensor.nbytes > self.shard_bytes:
+            self._flush()
+        self.pending[name] = np.ascontiguousarray(tensor)
+        self.pending_bytes += tensor.nbytes
+
+    def _flush(self) -> None:
+        save_file(self.pending, str(self._tmp(len(self.shards))), metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.total_bytes += self.pending_bytes
+        self.pending, self.pending_bytes = {}, 0
+
+    def _tmp(self, i: int) -> Path:
+        return self.directory / f"shard-{i:05d}.safetensors.partial"
+
+    def close(self) -> None:
+        self._flush()
+        n = len(self.shards)
+        for stale in [*self.directory.glob("model*.safetensors"), self.directory / "model.safetensors.index.json"]:
+            stale.unlink(missing_ok=True)  # from an earlier run into the same directory
+        if n == 1:
+            self._tmp(0).replace(self.directory / "model.safetensors")
+            return
+        weight_map = {}
+        for i, names in enumerate(self.shards):
+            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            self._tmp(i).replace(self.directory / fname)
+            weight_map.update(dict.fromkeys(names, fname))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -5,7 +5,7 @@ and tensors under llama.cpp's names, often quantized (Q4_1, Q8_0, Q4_K, ...).
 ``convert_gguf`` writes what awqinfer (and transformers) read instead:
 
     config.json, generation_config.json        from the ``llama.*`` / ``tokenizer.ggml.*`` metadata
-    model.safetensors                          every tensor dequantized to float32, HF names
+    model.safetensors (+ shards past 2 GiB)   every tensor dequantized to float32, HF names
     tokenizer.json, tokenizer_config.json      byte-level BPE (vocab + merges) or SentencePiece BPE
                                                (vocab + scores, byte fallback), chat template
 
@@ -15,20 +15,22 @@ from Hugging Face's half-split RoPE layout to interleaved pairs, because its
 kernels rotate adjacent elements. We rotate halves ("rotate_half"), so the rows
 are put back: ``unpermute`` is the exact inverse of that permutation.
 
-Tensors are dequantized one at a time with ``gguf.quants.dequantize`` and
-streamed into the safetensors file, so a large model is never held in memory.
+Tensors are dequantized one at a time with ``gguf.quants.dequantize`` and handed
+to checkpoint.py's ShardWriter, which writes a shard every 2 GiB: a large model is
+never held in memory whole.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
+from .checkpoint import ShardWriter
 
 # llama.cpp tensor names -> Hugging Face names ("{l}" is the layer index).
 LAYER_NAMES = {
@@ -337,29 +339,6 @@ def generation_config(g: GGUFFile) -> dict:
 # --- writing ---------------------------------------------------------------------
 
 
-def _write_safetensors(path: Path, shapes: dict[str, tuple], produce) -> None:
-    """Write float32 tensors into one safetensors file, one tensor in memory at a time.
-
-    ``shapes`` fixes the header (names, shapes, offsets) up front; ``produce(name)``
-    returns each tensor in turn, in header order.
-    """
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for name, shape in shapes.items():
-            array = np.ascontiguousarray(produce(name), dtype="<f4")
-            if array.shape != tuple(shape):
-                raise CheckpointError(f"tensor {name!r} came out with shape {array.shape}, expected {tuple(shape)}")
-            f.write(array.tobytes())
-
-
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = False) -> Path:
     """Convert a Llama GGUF file into a Hugging Face float32 checkpoint directory ``out_dir``."""
     g = GGUFFile.open(gguf_path)
@@ -373,25 +352,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = Fa
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shapes = {names[n]: tuple(int(s) for s in reversed(t.shape)) for n, t in g.tensors.items()}
-    by_hf = {hf: gg for gg, hf in names.items()}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(shapes), desc="import GGUF", unit="tensor", leave=False)
-
-    def produce(hf_name):
-        w = _tensor_to_hf(g, by_hf[hf_name], config)
-        if bar is not None:
-            bar.update()
-        return w
-
-    try:
-        _write_safetensors(out / "model.safetensors", shapes, produce)
-    finally:
-        if bar is not None:
-            bar.close()
+    writer = ShardWriter(out)  # one tensor dequantised at a time, a shard written every 2 GiB
+    for name in tqdm(g.tensors, desc="import GGUF", unit="tensor", leave=False, disable=not progress):
+        writer.add(names[name], np.asarray(_tensor_to_hf(g, name, config), dtype=np.float32))
+    writer.close()
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (out / "generation_config.json").write_text(json.dumps(generation_config(g), indent=2), encoding="utf-8")
     tokenizer.save(str(out / "tokenizer.json"))

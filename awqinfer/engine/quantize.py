@@ -8,7 +8,7 @@
         round every linear to 4 bits per group       (rounding.py)
         write qweight / qzeros / scales, norms and biases in fp16
     copy embeddings, the final norm and lm_head in fp16; config.json with
-    quantization_config; tokenizer files; safetensors sharded past SHARD_BYTES.
+    quantization_config; tokenizer files; safetensors sharded past checkpoint.SHARD_BYTES.
 
 The result is what AutoAWQ's ``save_quantized`` writes: decoder linears become
 ``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/g, N/8], ``scales`` fp16 [K/g, N]
@@ -28,14 +28,13 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, InputError
 from .awq_search import AwqCalibration
 from .calibration import read_text, windows
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, ShardWriter
 from .config import ModelConfig, QuantConfig
 from .rounding import awq_tensors
 from .tokenizer import Tokenizer
 from .weights import IGNORED_SUFFIXES, Embedding, layer_tensors, load_layer, projections
 
 METHODS = ("awq", "rtn")
-SHARD_BYTES = 2 * 1024**3  # start a new safetensors shard past 2 GiB
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
@@ -132,51 +131,3 @@ def _write_config(config: ModelConfig, group_size: int, out: Path) -> None:
     if "dtype" in d:  # transformers 5 writes this name
         d["dtype"] = "float16"
     (out / "config.json").write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-
-
-class ShardWriter:
-    """Safetensors files written as tensors arrive, a new shard past SHARD_BYTES, named as transformers names them.
-
-    One shard: ``model.safetensors``. More: ``model-0000i-of-0000n.safetensors`` plus
-    ``model.safetensors.index.json`` (the count n is known only at the end, so shards are renamed then).
-    """
-
-    def __init__(self, directory: Path):
-        self.directory, self.shard_bytes = directory, SHARD_BYTES
-        self.pending: dict[str, np.ndarray] = {}
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []  # tensor names of each written shard
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor: np.ndarray) -> None:
-        if self.pending and self.pending_bytes + tensor.nbytes > self.shard_bytes:
-            self._flush()
-        self.pending[name] = np.ascontiguousarray(tensor)
-        self.pending_bytes += tensor.nbytes
-
-    def _flush(self) -> None:
-        from safetensors.numpy import save_file
-
-        save_file(self.pending, str(self._tmp(len(self.shards))), metadata={"format": "pt"})
-        self.shards.append(list(self.pending))
-        self.total_bytes += self.pending_bytes
-        self.pending, self.pending_bytes = {}, 0
-
-    def _tmp(self, i: int) -> Path:
-        return self.directory / f"shard-{i:05d}.safetensors.partial"
-
-    def close(self) -> None:
-        self._flush()
-        n = len(self.shards)
-        for stale in [*self.directory.glob("model*.safetensors"), self.directory / "model.safetensors.index.json"]:
-            stale.unlink(missing_ok=True)  # from an earlier run into the same directory
-        if n == 1:
-            self._tmp(0).replace(self.directory / "model.safetensors")
-            return
-        weight_map = {}
-        for i, names in enumerate(self.shards):
-            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            self._tmp(i).replace(self.directory / fname)
-            weight_map.update(dict.fromkeys(names, fname))
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
