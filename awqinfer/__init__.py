@@ -1,8 +1,7 @@
 """awqinfer: a readable LLM inference engine for AWQ 4-bit checkpoints, in Python and Numba."""
 
-from .engine.quantize import quantize
-from .engine.registry import load
-from .engine.runner import LLM, run
+from .engine.llm import LLM, load, run
+from .engine.quant.quantize import quantize
 from .errors import AwqinferError, CheckpointError, DeviceError, InputError, ModelNotFoundError
 
 __all__ = ["load", "run", "quantize", "LLM", "AwqinferError", "CheckpointError", "DeviceError", "InputError",

@@ -56,7 +56,7 @@ def peak_bandwidth(args) -> tuple[float | None, str]:
     if args.bandwidth_gbs:
         return args.bandwidth_gbs * 1e9, "--bandwidth-gbs"
     if args.device != "cuda":
-        return None, "not measured for the CPU here (see shared/PERF-NOTES.md)"
+        return None, "not measured for the CPU here (see docs/PERFORMANCE.md)"
     from numba import cuda
 
     dev = cuda.get_current_device()
@@ -124,12 +124,12 @@ def main(argv=None) -> dict:
         ids = rng.integers(0, vocab, n)
 
         def prefill():
-            cache.reset()
+            cache.pos = 0  # forget the sequence, keep the buffers
             model.forward(ids, cache, last_only=True)
 
         result["prefill"][n] = round(n / median_time(prefill, args.device, args.repeats), 1)
 
-    cache.reset()
+    cache.pos = 0  # forget the sequence, keep the buffers
     logits = model.forward(rng.integers(0, vocab, 16), cache, last_only=True)
     token = int(logits[0].argmax())
     sync(args.device)

@@ -205,9 +205,9 @@ def run(args) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()
-    from awqinfer.engine.config import ModelConfig
-    from awqinfer.engine.registry import default_gguf, default_model_dir
-    from awqinfer.engine.tokenizer import Tokenizer
+    from awqinfer.engine.checkpoint.config import ModelConfig
+    from awqinfer.engine.hub import default_gguf, default_model_dir
+    from awqinfer.engine.text.tokenizer import Tokenizer
 
     directory = Path(args.model) if args.model else default_model_dir()
     gguf = Path(args.gguf) if args.gguf else (default_gguf() if not args.model else None)

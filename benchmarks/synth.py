@@ -92,13 +92,13 @@ def weight_bytes_per_token(model) -> int:
         total += sum(a.nbytes for a in vars(stack).values() if isinstance(a, np.ndarray))
     total += w.norms.nbytes
     state = model._decode_state
-    f32, q8, s8 = state.lm_head if state else (w.lm_head.weight, np.zeros((0, 0)), np.zeros(0))
-    if q8.size:  # the int8 screen, then RESCORE f32 rows
+    head = w.lm_head.weight
+    if state and state.lm_head_int8:  # the int8 screen, then RESCORE f32 rows
         from awqinfer.kernels.decode import RESCORE
 
-        total += q8.nbytes + s8.nbytes + RESCORE * f32[0].nbytes
+        total += state.head.q8.nbytes + state.head.scales.nbytes + RESCORE * head[0].nbytes
     else:
-        total += f32.nbytes
+        total += head.nbytes
     return total + w.norm.nbytes + w.embed.table[0].nbytes
 
 

@@ -1,7 +1,7 @@
 """One engine in its own process, driven by run.py over stdin/stdout (one JSON object a line).
 
 Each engine's thread pool (Numba's OpenMP threads, llama.cpp's, torch's) spins for a while
-after its work; in one process they steal the cores from each other (PERF-NOTES 7). Here
+after its work; in one process they steal the cores from each other (docs/PERFORMANCE.md item 7). Here
 an idle engine sits blocked on stdin and its threads fall asleep before the next one runs.
 
     python -m benchmarks.worker awqinfer DIR [int8|f32] | llama.cpp GGUF N_CTX THREADS | torch GGUF THREADS

@@ -102,6 +102,9 @@ def random_weights(config: dict, seed: int = 0, dtype=np.float32) -> dict[str, n
         if qwen:
             for name, o in {"q_proj": q, "k_proj": kv, "v_proj": kv}.items():
                 t[p + f"self_attn.{name}.bias"] = w(o, scale=0.5)
+        elif config.get("attention_bias"):  # Llama's attention_bias: q, k, v and o carry one
+            for name, o in {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": H}.items():
+                t[p + f"self_attn.{name}.bias"] = w(o, scale=0.5)
         t[p + "mlp.gate_proj.weight"] = w(I, H)
         t[p + "mlp.up_proj.weight"] = w(I, H)
         t[p + "mlp.down_proj.weight"] = w(H, I)

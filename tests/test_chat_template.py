@@ -12,8 +12,8 @@ import pytest
 
 import awqinfer
 from awqinfer import InputError
-from awqinfer.engine.inputs import parse_inputs
-from awqinfer.engine.tokenizer import Tokenizer
+from awqinfer.engine.text.inputs import parse_inputs
+from awqinfer.engine.text.tokenizer import Tokenizer
 from checkpoints import DEEPSEEK_CODER_TEMPLATE, set_chat_template
 
 CONVERSATIONS = [

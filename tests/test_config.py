@@ -2,7 +2,7 @@
 
 import json
 
-from awqinfer.engine.config import ModelConfig, RopeConfig
+from awqinfer.engine.checkpoint.config import ModelConfig, RopeConfig
 from checkpoints import make_model, tiny_config
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import awqinfer
-from awqinfer.engine.backend import get_backend
+from awqinfer.engine.model.device import get_backend
 from awqinfer.errors import DeviceError, InputError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from awqinfer.engine.model import Model
-from awqinfer.engine.tokenizer import Tokenizer
+from awqinfer.engine.text.tokenizer import Tokenizer
 
 PROMPTS = [
     "What is the capital of France?",

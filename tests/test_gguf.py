@@ -8,10 +8,10 @@ import pytest
 
 from checkpoints import CHATML_TEMPLATE, LLAMA2_TEMPLATE, make_model
 
-from awqinfer.engine.checkpoint import Checkpoint
-from awqinfer.engine.gguf import convert_gguf, unpermute
+from awqinfer.engine.checkpoint.safetensors import Checkpoint
+from awqinfer.engine.checkpoint.gguf import convert_gguf, unpermute
 from awqinfer.engine.model import Model
-from awqinfer.engine.tokenizer import Tokenizer
+from awqinfer.engine.text.tokenizer import Tokenizer
 from awqinfer.errors import CheckpointError
 
 TEXTS = [
@@ -151,7 +151,7 @@ def test_tiny_gguf_round_trip_f32(tiny_bytelevel_llama, tmp_path):
 
 def test_large_gguf_imports_into_shards(tiny_bytelevel_llama, tmp_path, monkeypatch):
     """A model past the shard size is written as shards plus an index, and reads back bit for bit."""
-    from awqinfer.engine import checkpoint as checkpoint_module
+    from awqinfer.engine.checkpoint import safetensors as checkpoint_module
 
     monkeypatch.setattr(checkpoint_module, "SHARD_BYTES", 64 * 1024)
     out = convert_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", tiny_bytelevel_llama, "F32"), tmp_path / "hf")

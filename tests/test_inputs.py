@@ -6,8 +6,8 @@ import re
 import pytest
 
 from awqinfer import InputError
-from awqinfer.engine.inputs import MAX_CHARS, ROLES, parse_inputs
-from awqinfer.engine.sampling import SamplingParams
+from awqinfer.engine.text.inputs import MAX_CHARS, ROLES, parse_inputs
+from awqinfer.engine.text.sampling import SamplingParams
 
 BASE = {"prompt": "Tell me a story"}
 

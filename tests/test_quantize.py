@@ -7,10 +7,10 @@ import pytest
 from safetensors.numpy import load_file
 
 import awqinfer
-from awqinfer.engine import checkpoint as checkpoint_module
-from awqinfer.engine.checkpoint import Checkpoint
-from awqinfer.engine.config import ModelConfig
-from awqinfer.engine.quantize import quantize
+from awqinfer.engine.checkpoint import safetensors as checkpoint_module
+from awqinfer.engine.checkpoint.safetensors import Checkpoint
+from awqinfer.engine.checkpoint.config import ModelConfig
+from awqinfer.engine.quant.quantize import quantize
 from awqinfer.errors import CheckpointError, InputError
 from checkpoints import autoawq_unpack, awq_quantize, make_model
 
@@ -92,9 +92,9 @@ def test_bad_arguments_are_clear_errors(tiny_llama, tiny_llama_awq, tmp_path):
 
 
 def layer_output(config, layer, x):
-    from awqinfer.engine.backend import CPU
-    from awqinfer.engine.model import decoder_layer
-    from awqinfer.engine.rope import cos_sin
+    from awqinfer.engine.model.backend import CPU
+    from awqinfer.engine.model.forward import decoder_layer
+    from awqinfer.engine.model.rope import cos_sin
 
     x = x.copy()
     k = np.zeros((config.num_key_value_heads, len(x), config.head_dim), np.float32)
@@ -105,8 +105,8 @@ def layer_output(config, layer, x):
 
 @pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("llama", 2), ("qwen2", 4)])
 def test_folding_scales_leaves_the_float_layer_unchanged(arch, kv_heads, tmp_path):
-    from awqinfer.engine.awq_search import fold_scales, scaling_groups
-    from awqinfer.engine.weights import load_layer
+    from awqinfer.engine.quant.awq_search import fold_scales, scaling_groups
+    from awqinfer.engine.model.weights import load_layer
 
     src = make_model(tmp_path / "m", arch, kv_heads=kv_heads)
     config, ckpt = ModelConfig.load(src), Checkpoint(src)
@@ -127,8 +127,8 @@ def test_folding_scales_leaves_the_float_layer_unchanged(arch, kv_heads, tmp_pat
 
 def test_scale_search_protects_salient_channels():
     """Inputs with a few large channels: AWQ's scales cut the output error of plain rounding severalfold."""
-    from awqinfer.engine.awq_search import search_scales
-    from awqinfer.engine.rounding import fake_quantize
+    from awqinfer.engine.quant.awq_search import search_scales
+    from awqinfer.engine.quant.rounding import fake_quantize
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 128)).astype(np.float32)
@@ -143,8 +143,8 @@ def test_scale_search_protects_salient_channels():
 
 
 def test_clip_search_never_widens_and_reduces_error():
-    from awqinfer.engine.awq_search import apply_clip, search_clip
-    from awqinfer.engine.rounding import fake_quantize
+    from awqinfer.engine.quant.awq_search import apply_clip, search_clip
+    from awqinfer.engine.quant.rounding import fake_quantize
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 64)).astype(np.float32)
@@ -192,7 +192,7 @@ def test_awq_tiny_model_end_to_end_matches_transformers(arch, kv_heads, tmp_path
 
 
 def test_calibration_text_and_windows(tmp_path, tiny_llama):
-    from awqinfer.engine.calibration import default_text, read_text, windows
+    from awqinfer.engine.quant.calibration import default_text, read_text, windows
 
     text = default_text()
     assert 300_000 <= len(text) <= 500_000
@@ -241,7 +241,7 @@ def held_out_windows(tokenizer, n: int, seq_len: int) -> np.ndarray:
     """Token windows of text that is not in the calibration set: package descriptions (README markdown)."""
     import importlib.metadata as md
 
-    from awqinfer.engine.calibration import windows
+    from awqinfer.engine.quant.calibration import windows
 
     text = "\n\n".join(md.distribution(p).read_text("METADATA") for p in ("transformers", "huggingface-hub"))
     return windows(tokenizer.encode(text, add_special_tokens=False), n, seq_len, "held-out text")
@@ -266,7 +266,7 @@ def test_awq_beats_round_to_nearest_on_smollm2(smollm2_fp32, tmp_path):
     """The paper's central claim on the real model: at 4 bits, group 64, AWQ's perplexity is below RTN's."""
     import time
 
-    from awqinfer.engine.tokenizer import Tokenizer
+    from awqinfer.engine.text.tokenizer import Tokenizer
 
     windows = held_out_windows(Tokenizer(smollm2_fp32), 4, 256)
     fp32 = perplexity(smollm2_fp32, windows)

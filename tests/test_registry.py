@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import awqinfer
-from awqinfer.engine import registry
-from awqinfer.engine.weights import AwqLinear
+from awqinfer.engine import hub as registry
+from awqinfer.engine.model.linear import AwqLinear
 from awqinfer.errors import ModelNotFoundError
 
 
@@ -109,8 +109,6 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 def test_interrupted_build_leaves_no_cache(monkeypatch, tmp_path, smollm2_gguf):
     """A build stopped half way (Ctrl-C during quantization) leaves neither a cache entry nor temp files."""
-    import awqinfer.engine.quantize as quantize_module
-
     monkeypatch.setenv("AWQINFER_CACHE", str(tmp_path))
 
     def interrupted(src, out, **kwargs):
@@ -118,7 +116,7 @@ def test_interrupted_build_leaves_no_cache(monkeypatch, tmp_path, smollm2_gguf):
         (Path(out) / "config.json").write_text("{}")  # a partial output...
         raise KeyboardInterrupt  # ...and then the user presses Ctrl-C
 
-    monkeypatch.setattr(quantize_module, "quantize", interrupted)
+    monkeypatch.setattr(registry, "quantize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         registry.default_model_dir(progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -130,8 +128,8 @@ def test_default_model_is_built_once_then_loaded_from_the_cache(default_model, a
     assert sorted(p.name for p in awqinfer_cache.iterdir()) == [default_model.name]  # no temp dirs left
     config = json.loads((default_model / "config.json").read_text())
     assert config["quantization_config"]["group_size"] == 64 and config["quantization_config"]["bits"] == 4
-    import awqinfer.engine.gguf as gguf_module
-    import awqinfer.engine.quantize as quantize_module
+    import awqinfer.engine.checkpoint.gguf as gguf_module
+    import awqinfer.engine.quant.quantize as quantize_module
 
     never = lambda *a, **k: pytest.fail("rebuilt a cached default model")
     monkeypatch.setattr(gguf_module, "convert_gguf", never)

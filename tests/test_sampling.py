@@ -16,7 +16,7 @@ from scipy.special import softmax as scipy_softmax
 from scipy.stats import chisquare
 
 from awqinfer import InputError
-from awqinfer.engine.sampling import (
+from awqinfer.engine.text.sampling import (
     History, SamplingParams, draw, frequency_presence_penalty, next_token, probabilities, repetition_penalty,
     softmax, temperature_scale, top_k_filter, top_p_filter,
 )

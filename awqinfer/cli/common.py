@@ -6,18 +6,7 @@ import argparse
 import sys
 
 import awqinfer
-
-# The sampling fields of the seed schema (API.md): flag -> (key, type, min, max).
-SAMPLING_FLAGS = {
-    "--max-tokens": ("max_tokens", int, 1, None),
-    "--temperature": ("temperature", float, 0, 5),
-    "--top-p": ("top_p", float, 0, 2),
-    "--top-k": ("top_k", int, 1, 50),
-    "--seed": ("seed", int, 1, 9999999999),
-    "--repetition-penalty": ("repetition_penalty", float, 0, 2),
-    "--frequency-penalty": ("frequency_penalty", float, 0, 2),
-    "--presence-penalty": ("presence_penalty", float, 0, 2),
-}
+from awqinfer.engine.text.schema import SAMPLING_FIELDS
 
 EXIT_ERROR = 1  # the model or a file could not be used
 EXIT_USAGE = 2  # a bad flag value or bad inputs, as argparse does
@@ -55,17 +44,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    for flag, (key, kind, lo, hi) in SAMPLING_FLAGS.items():
-        p.add_argument(flag, dest=key, type=ranged(kind, lo, hi), default=None, metavar="N" if kind is int else "X",
-                       help=f"{key} ({'integer' if kind is int else 'number'}"
-                            f"{'' if lo is None else f', {lo}..{hi}' if hi is not None else f', >= {lo}'})")
+    """One flag per numeric field of the schema (text/schema.py): --max-tokens, --temperature, ..."""
+    for field in SAMPLING_FIELDS:
+        kind = int if field.integer else float
+        default = "off" if field.default is None else field.default
+        p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=ranged(kind, field.low, field.high),
+                       default=None, metavar="N" if field.integer else "X",
+                       help=f"{field.help} ({field.allowed}; default {default})")
     p.add_argument("--system", default=None, help="a system message put before the prompt")
 
 
 def sampling_inputs(args) -> dict:
     """The schema fields the user set, and only those (the rest keep the schema's defaults)."""
-    keys = [key for key, *_ in SAMPLING_FLAGS.values()]
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    return {f.name: getattr(args, f.name) for f in SAMPLING_FIELDS if getattr(args, f.name) is not None}
 
 
 def load_model(args):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from ..engine import registry
-from ..engine.gguf import convert_gguf
-from ..engine.quantize import quantize
+from ..engine import hub
+from ..engine.checkpoint.gguf import convert_gguf
 from .common import EXIT_USAGE, fail, ranged
 
 
@@ -20,14 +18,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("gguf", metavar="GGUF", help="the .gguf file")
     p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
     p.add_argument("--awq", action="store_true", help="write an AWQ 4-bit checkpoint instead of float32")
-    p.add_argument("--method", choices=("awq", "rtn"), default=registry.DEFAULT_METHOD,
-                   help=f"the quantizer with --awq (default {registry.DEFAULT_METHOD})")
-    p.add_argument("--group-size", type=ranged(int, 8, None), default=registry.DEFAULT_GROUP_SIZE,
-                   help=f"AWQ group size (default {registry.DEFAULT_GROUP_SIZE})")
-    p.add_argument("--samples", type=ranged(int, 1, None), default=registry.DEFAULT_SAMPLES,
-                   help=f"AWQ calibration windows (default {registry.DEFAULT_SAMPLES}, as the default model)")
-    p.add_argument("--seq-len", type=ranged(int, 1, None), default=registry.DEFAULT_SEQ_LEN,
-                   help=f"tokens per calibration window (default {registry.DEFAULT_SEQ_LEN})")
+    p.add_argument("--method", choices=("awq", "rtn"), default=hub.DEFAULT_METHOD,
+                   help=f"the quantizer with --awq (default {hub.DEFAULT_METHOD})")
+    p.add_argument("--group-size", type=ranged(int, 8, None), default=hub.DEFAULT_GROUP_SIZE,
+                   help=f"AWQ group size (default {hub.DEFAULT_GROUP_SIZE})")
+    p.add_argument("--samples", type=ranged(int, 1, None), default=hub.DEFAULT_SAMPLES,
+                   help=f"AWQ calibration windows (default {hub.DEFAULT_SAMPLES}, as the default model)")
+    p.add_argument("--seq-len", type=ranged(int, 1, None), default=hub.DEFAULT_SEQ_LEN,
+                   help=f"tokens per calibration window (default {hub.DEFAULT_SEQ_LEN})")
 
 
 def main(args) -> int:
@@ -37,9 +35,7 @@ def main(args) -> int:
     if not args.awq:
         convert_gguf(args.gguf, out, progress=True)
     else:
-        with tempfile.TemporaryDirectory(prefix="awqinfer-convert-") as tmp:
-            fp32 = convert_gguf(args.gguf, Path(tmp) / "fp32", progress=True)
-            quantize(fp32, out, method=args.method, group_size=args.group_size, samples=args.samples,
-                     seq_len=args.seq_len, progress=True)
+        hub.build_from_gguf(args.gguf, out, method=args.method, group_size=args.group_size, samples=args.samples,
+                            seq_len=args.seq_len, progress=True)
     print(f"wrote {out}", file=sys.stderr)
     return 0

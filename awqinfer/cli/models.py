@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..engine.registry import cache_dir, known_models
+from ..engine.hub import cache_dir, known_models
 
 
 def add_parser(subparsers) -> None:

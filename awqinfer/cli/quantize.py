@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..engine.quantize import METHODS, quantize
+from ..engine.quant.quantize import METHODS, quantize
 from .common import EXIT_USAGE, fail, ranged
 
 

@@ -1,19 +1,9 @@
-"""AWQ 4-bit weights: the checkpoint layout, the kernel layout, and the matmuls.
+"""AWQ 4-bit matmuls on the kernel layout, and the compiled repack into it.
 
-On disk (AutoAWQ "gemm", written by ``awq/modules/linear/gemm.py`` and read back
-by ``awq/utils/packing_utils.py``: ``unpack_awq`` + ``reverse_awq_order``):
-
-    qweight  int32 [K, N/8]   8 nibbles per word, packed along the output dim N
-    qzeros   int32 [K/g, N/8] packed the same way
-    scales   fp16  [K/g, N]
-    W[k, n] = (q[k, n] - z[k // g, n]) * s[k // g, n],   y = x @ W
-
-Inside a word the 8 output columns are interleaved: nibble i (bits 4i..4i+3)
-holds column ``AWQ_PACK_ORDER[i]`` of its pack of 8, so column j is found in
-nibble ``AWQ_UNPACK_ORDER[j]``.
-
-In memory the kernels use another layout, chosen for a GEMV that reads each
-weight once, front to back (see PERF-NOTES: repacking was 1.4-2.1x faster):
+A checkpoint stores AutoAWQ's packing (engine/checkpoint/awq_layout.py: [K, N/8]
+words, 8 output columns per word in an interleaved nibble order). The kernels use
+another layout, chosen for a GEMV that reads each weight once, front to back
+(docs/PERFORMANCE.md, "4-bit GEMV" item 4: repacking was 1.4-2.1x faster):
 
     qweight  int32 [N, K/8]   row n holds the K inputs of output n, word j holds
                               inputs 8j..8j+7 with input 8j+i in nibble i
@@ -28,48 +18,12 @@ from numba import njit, prange
 
 from .dense import GEMM_TILE, TOKEN_BLOCK, gemm_block
 
-AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_PACK_ORDER[i]
-AWQ_UNPACK_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j lives in nibble AWQ_UNPACK_ORDER[j]
-_SHIFTS = np.arange(0, 32, 4, dtype=np.uint32)
 GEMV_CHUNKS = 4  # row chunks of one GEMV: two per core, so a stalled thread holds less back
 
 
-# --- the checkpoint layout (numpy, load and save time) -----------------------
-
-
-def unpack_awq(packed: np.ndarray) -> np.ndarray:
-    """AutoAWQ-packed int32 [R, C/8] -> uint8 [R, C] of 4-bit values in column order."""
-    nibbles = (packed.view(np.uint32)[..., None] >> _SHIFTS) & 15  # [R, C/8, 8], nibble order
-    return nibbles[..., list(AWQ_UNPACK_ORDER)].astype(np.uint8).reshape(packed.shape[0], -1)
-
-
-def pack_awq(values: np.ndarray) -> np.ndarray:
-    """uint [R, C] of 4-bit values -> AutoAWQ-packed int32 [R, C/8] (C a multiple of 8)."""
-    rows, cols = values.shape
-    v = values.astype(np.uint32).reshape(rows, cols // 8, 8)[..., list(AWQ_PACK_ORDER)]
-    return np.bitwise_or.reduce(v << _SHIFTS, axis=-1).view(np.int32)
-
-
-def dequantize_awq_checkpoint(qweight, qzeros, scales, group_size: int) -> np.ndarray:
-    """Checkpoint tensors -> float32 W [K, N] (so that y = x @ W): the reference dequantisation."""
-    q = unpack_awq(np.asarray(qweight)).astype(np.float32)
-    z = np.repeat(unpack_awq(np.asarray(qzeros)).astype(np.float32), group_size, axis=0)
-    s = np.repeat(np.asarray(scales, dtype=np.float32), group_size, axis=0)
-    return (q - z) * s
-
-
-def to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:
-    """Checkpoint layout -> kernel layout, written into the given (N, K/8), (N, G), (N, G) buffers."""
-    columns = np.ascontiguousarray(np.asarray(qweight).view(np.uint32).T)  # [N/8, K]: one pack of 8 outputs a row
-    _repack_words(columns, np.array(AWQ_PACK_ORDER, np.int64), out_q.view(np.uint32))
-    s = np.asarray(scales, dtype=np.float32).T  # [N, G]
-    out_s[...] = s
-    out_sz[...] = s * unpack_awq(np.asarray(qzeros)).astype(np.float32).T
-
-
 @njit(cache=True)
-def _repack_words(columns, pack_order, out):
-    """AWQ words, transposed, -> kernel-layout words: the load-time half of to_kernel_layout.
+def repack_words(columns, pack_order, out):
+    """AWQ checkpoint words, transposed, -> kernel-layout words, at load time.
 
     columns (N/8, K) uint32: row c holds input k's nibbles for outputs 8c..8c+7 (AWQ's order);
     pack_order (8,) int64 = AWQ_PACK_ORDER; out (N, K/8) uint32: input 8j+i in nibble i of word j.
@@ -109,19 +63,6 @@ def dequantize_rows(qweight, scales, szeros, out):
                     dst[8 * j + i] = _nibble(w, 4 * i) * s - sz
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def awq_dequantize(qweight, scales, szeros, out):
-    """Kernel layout -> float32 weights, rows in parallel.
-
-    qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N, K) f32.
-    """
-    n_out = qweight.shape[0]
-    for j in prange((n_out + GEMM_TILE - 1) // GEMM_TILE):
-        n0 = j * GEMM_TILE
-        n1 = min(n_out, n0 + GEMM_TILE)
-        dequantize_rows(qweight[n0:n1], scales[n0:n1], szeros[n0:n1], out[n0:n1])
-
-
 @njit(cache=True, fastmath=True)
 def awq_prepare_input(x, xp, xsum):
     """Lay one token's input out for ``awq_rows``: xp[i, j] = x[8j + i], xsum[g] = sum of group g.
@@ -155,7 +96,7 @@ def awq_rows(xp, xsum, qweight, scales, szeros, lo, hi, word_dots, out):
 
     qweight (N, K/8) int32; scales, szeros (N, G) f32; word_dots (K/8,) f32 scratch; out (N,) f32.
     Per row: word_dots[j] = sum_i xp[i, j] * q[8j+i] (int32 shifts and masks, one
-    vectorised pass over the row, PERF-NOTES 1-3), then per group
+    vectorised pass over the row, docs/PERFORMANCE.md 4-bit GEMV items 1-3), then per group
     out += s * sum(word_dots) - s*z * sum(x).
     """
     n_words = qweight.shape[1]

@@ -1,26 +1,35 @@
 """The whole single-token decode step as one compiled call (gpt-fast's ``decode_one_token``).
 
-model.py's ``decoder_layer`` is the readable reference: one kernel call per
-step, Python between them. Generating a token of a small model is ~300 such
-calls, and for SmolLM2-135M the Python between them costs as much as the math
-(PERF-NOTES 9). ``decode_step`` runs the same computation for one token over
-all layers with no Python in between and no allocation: every intermediate
-lives in a scratch buffer the caller made once (engine/decode.py).
+Why a second forward exists. engine/model/forward.py's ``decoder_layer`` is the
+readable reference: one kernel call per step, Python in between. Generating one
+token of a small model is ~300 such calls, and for SmolLM2-135M the Python between
+them costs as much as the math (docs/PERFORMANCE.md, item 9). ``decode_step`` runs
+the same computation for one token over all layers with no Python in between and no
+allocation: every intermediate lives in a ``Scratch`` buffer made once by
+engine/model/fast_decode.py. tests/test_decode.py holds the two to the same logits.
 
-    x -> L x [ rmsnorm -> qkv (+bias) -> rope -> cache -> attention -> o_proj -> +x
-               rmsnorm -> gate_up -> silu(gate) * up -> down_proj -> +x ]
-      -> rmsnorm -> lm_head -> logits
+Each step mirrors ``decoder_layer`` line for line and calls the very same kernels
+(on one-row views) for the small vector steps:
 
-Each projection arrives stacked over layers as a 5-tuple
-``(qweight (L,N,K/8) i32, scales (L,N,G) f32, szeros (L,N,G) f32, weight (L,N,K) f32, bias (L,N) f32)``:
-an AWQ projection has an empty ``weight`` (L,0,0), a dense one empty AWQ
-arrays (L,0,0), and no bias is an empty (L,0) array, so one compiled function
-serves AWQ, dense and mixed models of either architecture.
+    decoder_layer (forward.py)                     decode_step (here)
+    ops.rmsnorm(x, layer.input_norm, ...)          rmsnorm(row(x), norms[l, 0], ...)
+    qkv = layer.qkv(h)                             project(h, layers.qkv, l, ...)
+    ops.apply_rope / ops.store_kv                  apply_rope / store_kv
+    ops.attention(...)                             attend_one (flash-decoding chunks, below)
+    ops.add_(x, layer.o_proj(attn))                project(attn, layers.o_proj, ...); add_
+    ops.rmsnorm(x, layer.post_norm, ...)           rmsnorm(row(x), norms[l, 1], ...)
+    ops.silu_mul(layer.gate_up(h), gate)           project(h, layers.gate_up, ...); silu_mul
+    ops.add_(x, layer.down_proj(gate))             project(act, layers.down_proj, ...); add_
+    Model.forward: rmsnorm, lm_head                rmsnorm; head_logits
 
-Parallel work (``prange``, both cores): the matrix-vector products (row chunks)
-and the attention (KV heads x position chunks, merged flash-decoding style).
-The small vector steps (norms, rope, cache write, silu, residual adds) are the very kernels
-model.py calls, on one-row views, and run on one thread.
+Weights arrive by name: ``Layers`` holds the four projections, each an ``AwqStack``
+or a ``DenseStack`` over all layers (arrays (L, ...)); ``project`` is compiled once
+per format, so AWQ, dense and mixed models of either architecture share this code.
+The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact f32 rescoring).
+
+Parallel work (``prange``, both cores): the matrix-vector products (row chunks) and
+the attention (KV heads x position chunks, merged flash-decoding style). The small
+vector steps run on one thread.
 
 Numba's on-disk cache (``cache=True``) keys each function on its own file only,
 while the cached ``decode_step`` holds code from its sibling files: kernels/__init__.py
@@ -29,8 +38,11 @@ drops the whole cache when any kernel source changes (a stale mix crashed once).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from .activations import add_, silu_mul
 from .attention import store_kv
@@ -42,6 +54,64 @@ from .rope import apply_rope
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
+
+
+class AwqStack(NamedTuple):
+    """One AWQ projection of every layer, in the kernel layout (kernels/awq.py)."""
+
+    qweight: np.ndarray  # (L, N, K/8) int32
+    scales: np.ndarray  # (L, N, G) f32
+    szeros: np.ndarray  # (L, N, G) f32
+    bias: np.ndarray  # (L, N) f32, zeros when the checkpoint has none
+
+
+class DenseStack(NamedTuple):
+    """One float projection of every layer."""
+
+    weight: np.ndarray  # (L, N, K) f32
+    bias: np.ndarray  # (L, N) f32, zeros when the checkpoint has none
+
+
+class Layers(NamedTuple):
+    """The four projections of the decoder layers, each an AwqStack or a DenseStack."""
+
+    qkv: tuple  # H -> (n_heads + 2 KV) * D
+    o_proj: tuple  # n_heads * D -> H
+    gate_up: tuple  # H -> 2I
+    down_proj: tuple  # I -> H
+
+
+class DenseHead(NamedTuple):
+    """The lm_head as f32 rows: logits = weight @ h."""
+
+    weight: np.ndarray  # (V, H) f32
+
+
+class Int8Head(NamedTuple):
+    """The lm_head screened in int8 (a quarter of the bytes), its top RESCORE rows recomputed in f32."""
+
+    weight: np.ndarray  # (V, H) f32
+    q8: np.ndarray  # (V, H) int8
+    scales: np.ndarray  # (V,) f32
+    best: np.ndarray  # (RESCORE,) int64 scratch: the candidates' ids
+
+
+class Scratch(NamedTuple):
+    """Every intermediate of one step, allocated once (engine/model/fast_decode.py)."""
+
+    h: np.ndarray  # (H,) f32: the normed residual
+    qkv: np.ndarray  # ((n_heads + 2 KV) * D,) f32
+    attn: np.ndarray  # (n_heads * D,) f32
+    mlp: np.ndarray  # (2I,) f32: gate | up
+    act: np.ndarray  # (I,) f32: silu(gate) * up
+    proj: np.ndarray  # (H,) f32: o_proj or down_proj output
+    xp: np.ndarray  # (K_max,) f32: the AWQ GEMV's input laid out by nibble
+    xsum: np.ndarray  # (G_max,) f32: the input's group sums
+    dots: np.ndarray  # (GEMV_CHUNKS * (K_max/8 + 1),) f32: per-chunk word dots
+    scores: np.ndarray  # (n_heads, S) f32: attention scores over the cache
+    o_part: np.ndarray  # (n_heads, C, D) f32: each position chunk's partial output
+    m_part: np.ndarray  # (n_heads, C) f32: its running max
+    l_part: np.ndarray  # (n_heads, C) f32: its softmax denominator
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -138,69 +208,90 @@ def rescore_top(h, weight, logits, best):
         logits[best[r]] = acc
 
 
-@njit(cache=True, fastmath=True)
-def project(x, proj, layer, xp_buf, xsum_buf, dots_buf, out):
-    """out = x @ W + b for one token through layer ``layer`` of a stacked projection 5-tuple.
+def project(x, proj, layer, scratch, out):
+    """out = x @ W^T + b for one token through layer ``layer`` of an AwqStack or a DenseStack.
 
-    x (K,) f32; xp_buf, xsum_buf, dots_buf flat f32 scratch (at least K, G, GEMV_CHUNKS * K/8);
-    out (N,) f32.
+    x (K,) f32; out (N,) f32. Compiled once per stack type (the overload below).
     """
-    qweight, scales, szeros, weight, bias = proj
-    if qweight.shape[1] > 0:
-        n_words = qweight.shape[2]
-        n_groups = scales.shape[2]
-        xp = xp_buf[: 8 * n_words].reshape((8, n_words))
-        xsum = xsum_buf[:n_groups]
-        dots = dots_buf[: GEMV_CHUNKS * n_words].reshape((GEMV_CHUNKS, n_words))
-        awq_prepare_input(x, xp, xsum)
-        awq_matvec(xp, xsum, qweight[layer], scales[layer], szeros[layer], dots, out)
-    else:
-        dense_gemv(x, weight[layer], out)
-    if bias.shape[1] > 0:
-        b = bias[layer]
-        for i in range(out.shape[0]):
-            out[i] += b[i]
+
+
+@overload(project)
+def _project(x, proj, layer, scratch, out):
+    kind = getattr(proj, "instance_class", None)
+    if kind is AwqStack:
+        def awq(x, proj, layer, scratch, out):
+            n_words = proj.qweight.shape[2]
+            n_groups = proj.scales.shape[2]
+            xp = scratch.xp[: 8 * n_words].reshape((8, n_words))
+            xsum = scratch.xsum[:n_groups]
+            dots = scratch.dots[: GEMV_CHUNKS * n_words].reshape((GEMV_CHUNKS, n_words))
+            awq_prepare_input(x, xp, xsum)
+            awq_matvec(xp, xsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], dots, out)
+            _add_bias(out, proj.bias[layer])
+        return awq
+    if kind is DenseStack:
+        def dense(x, proj, layer, scratch, out):
+            dense_gemv(x, proj.weight[layer], out)
+            _add_bias(out, proj.bias[layer])
+        return dense
+    return None
+
+
+@njit(inline="always")
+def _add_bias(out, bias):
+    for i in range(out.shape[0]):
+        out[i] += bias[i]
+
+
+def head_logits(h, head, logits):
+    """logits (V,) f32 = lm_head @ h for h (H,) f32, through a DenseHead or an Int8Head."""
+
+
+@overload(head_logits)
+def _head_logits(h, head, logits):
+    kind = getattr(head, "instance_class", None)
+    if kind is DenseHead:
+        def dense(h, head, logits):
+            dense_gemv(h, head.weight, logits)
+        return dense
+    if kind is Int8Head:
+        def screened(h, head, logits):
+            int8_gemv(h, head.q8, head.scales, logits)
+            rescore_top(h, head.weight, logits, head.best)
+        return screened
+    return None
 
 
 @njit(cache=True, fastmath=True)
-def decode_step(x, layers, norms, final_norm, lm_head, k_cache, v_cache, pos, cos, sin, eps, n_heads,
+def decode_step(x, layers, norms, final_norm, head, k_cache, v_cache, pos, cos, sin, eps, n_heads,
                 scratch, logits):
     """Run one token through every layer and the lm_head; write f32 logits (V,).
 
-    x (H,) f32: the token's embedding, overwritten as the residual stream.
-    layers: (qkv, o_proj, gate_up, down_proj), each a stacked 5-tuple (module docstring).
+    x (H,) f32: the token's embedding, overwritten as the residual stream; layers: Layers;
     norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
-    lm_head: (weight (V, H) f32, q8 (V, H) int8, scales8 (V,) f32): with q8 empty (0, 0) the logits come
-    from the f32 weight; else from q8 (a quarter of the bytes), the top RESCORE then recomputed in f32;
-    k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
-    cos, sin (D/2,) f32 for position ``pos``; scratch: the tuple engine/decode.py makes.
+    head: DenseHead or Int8Head; k_cache, v_cache (L, KV, S, D) f32, the token written at ``pos``;
+    cos, sin (D/2,) f32 for position ``pos``; scratch: Scratch; logits (V,) f32.
     """
-    qkv, o_proj, gate_up, down_proj = layers
-    h, qkv_out, attn, mlp, act, proj, xp, xsum, dots, best, scores, o_part, m_part, l_part = scratch
     n_layers, n_kv, _, dim = k_cache.shape
     q_size = n_heads * dim
+    s = scratch
     row = lambda v: v.reshape((1, v.shape[0]))  # the (T, ...) kernels of decoder_layer take T = 1
     for l in range(n_layers):
         # attention block
-        rmsnorm(row(x), norms[l, 0], eps, row(h))
-        project(h, qkv, l, xp, xsum, dots, qkv_out)
-        apply_rope(row(qkv_out), row(cos), row(sin), n_heads + n_kv, dim)
+        rmsnorm(row(x), norms[l, 0], eps, row(s.h))
+        project(s.h, layers.qkv, l, s, s.qkv)
+        apply_rope(row(s.qkv), row(cos), row(sin), n_heads + n_kv, dim)
         kc = k_cache[l]
         vc = v_cache[l]
-        store_kv(row(qkv_out), kc, vc, pos, n_heads)
-        attend_one(qkv_out[:q_size], kc, vc, pos + 1, scores, o_part, m_part, l_part, attn)
-        project(attn, o_proj, l, xp, xsum, dots, proj)
-        add_(row(x), row(proj))
+        store_kv(row(s.qkv), kc, vc, pos, n_heads)
+        attend_one(s.qkv[:q_size], kc, vc, pos + 1, s.scores, s.o_part, s.m_part, s.l_part, s.attn)
+        project(s.attn, layers.o_proj, l, s, s.proj)
+        add_(row(x), row(s.proj))
         # MLP block
-        rmsnorm(row(x), norms[l, 1], eps, row(h))
-        project(h, gate_up, l, xp, xsum, dots, mlp)
-        silu_mul(row(mlp), row(act))
-        project(act, down_proj, l, xp, xsum, dots, proj)
-        add_(row(x), row(proj))
-    rmsnorm(row(x), final_norm, eps, row(h))
-    head, head_q8, head_s8 = lm_head
-    if head_q8.shape[0] > 0:
-        int8_gemv(h, head_q8, head_s8, logits)
-        rescore_top(h, head, logits, best)
-    else:
-        dense_gemv(h, head, logits)
+        rmsnorm(row(x), norms[l, 1], eps, row(s.h))
+        project(s.h, layers.gate_up, l, s, s.mlp)
+        silu_mul(row(s.mlp), row(s.act))
+        project(s.act, layers.down_proj, l, s, s.proj)
+        add_(row(x), row(s.proj))
+    rmsnorm(row(x), final_norm, eps, row(s.h))
+    head_logits(s.h, head, logits)

@@ -4,7 +4,8 @@
 
 The scale is constant along a row, so it is applied once per output after an
 fp32 dot product of x with the raw int8 row: y[n] = s[n] * sum_k x[k] q[n, k].
-Weights stay int8 in memory (a quarter of fp32); activations stay fp32.
+Weights stay int8 in memory (a quarter of fp32); activations stay fp32. Quantizing the
+weights happens once at load, outside the kernels.
 """
 
 from __future__ import annotations
@@ -13,21 +14,6 @@ import numpy as np
 from numba import njit, prange
 
 INT8_MAX = 127  # symmetric: -128 is never used, so q and -q are both representable
-
-
-def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float weight (N, K) -> (q (N, K) int8, scales (N,) f32), per output channel, symmetric."""
-    w = np.asarray(weight, dtype=np.float32)
-    absmax = np.abs(w).max(axis=1)
-    scales = (absmax / INT8_MAX).astype(np.float32)
-    safe = np.where(scales > 0, scales, np.float32(1.0))  # an all-zero row stays all zero
-    q = np.clip(np.rint(w / safe[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scales
-
-
-def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """(N, K) int8 and (N,) scales -> the float32 weight the kernels compute with."""
-    return q.astype(np.float32) * scales[:, None]
 
 
 @njit(cache=True, parallel=True, fastmath=True)

@@ -17,12 +17,13 @@ from checkpoints import make_model
 from numba import cuda
 
 import awqinfer
-from awqinfer.engine.backend import CPU, get_backend
-from awqinfer.engine.checkpoint import Checkpoint
-from awqinfer.engine.config import ModelConfig
+from awqinfer.engine.model.backend import CPU
+from awqinfer.engine.model.device import get_backend
+from awqinfer.engine.checkpoint.safetensors import Checkpoint
+from awqinfer.engine.checkpoint.config import ModelConfig
 from awqinfer.engine.model import Model
-from awqinfer.engine.weights import load_weights
-from awqinfer.kernels.cuda.weights import DeviceLinear
+from awqinfer.engine.model.weights import load_weights
+from awqinfer.engine.model.cuda import DeviceLinear
 
 TINY = dict(hidden=32, intermediate=64, heads=2, kv_heads=1, vocab_size=64)
 
@@ -125,7 +126,7 @@ def test_load_with_device_cuda(checkpoints):
 def test_no_gpu_is_a_clear_error(monkeypatch):
     """With the driver or GPU missing, cuda_backend() says so instead of failing inside a kernel."""
     from awqinfer.errors import DeviceError
-    from awqinfer.kernels.cuda import cuda_backend
+    from awqinfer.engine.model.cuda import cuda_backend
 
     def no_driver():
         raise RuntimeError("CUDA driver library cannot be found")
@@ -141,7 +142,7 @@ def test_no_gpu_is_a_clear_error(monkeypatch):
 
 
 def test_weights_without_cuda_kernels_are_a_clear_error(checkpoints):
-    from awqinfer.engine.weights import Linear
+    from awqinfer.engine.model.linear import Linear
     from awqinfer.errors import DeviceError
 
     class Ternary(Linear):  # a format the device has no kernels for

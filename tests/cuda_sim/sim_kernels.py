@@ -12,6 +12,7 @@ import pytest
 import simulated  # noqa: F401  (skips without a device; tunes the simulator)
 from numba import cuda
 
+from awqinfer.engine.model.linear import quantize_int8
 from awqinfer.errors import DeviceError
 from awqinfer.kernels import activations, attention, awq, dense, int8, norm, rope
 from awqinfer.kernels.cuda import activations as cu_activations
@@ -21,6 +22,7 @@ from awqinfer.kernels.cuda import dense as cu_dense
 from awqinfer.kernels.cuda import int8 as cu_int8
 from awqinfer.kernels.cuda import norm as cu_norm
 from awqinfer.kernels.cuda import rope as cu_rope
+from oracle import int8_weight, kernel_layout_weight
 
 RTOL, ATOL = 2e-5, 2e-5  # fp32: same sums in another order
 
@@ -38,8 +40,7 @@ def awq_weights(rng, n, k, group):
     qweight = rng.integers(-2**31, 2**31, size=(n, k // 8), dtype=np.int64).astype(np.int32)
     scales = rng.uniform(0.001, 0.05, size=(n, k // group)).astype(np.float32)
     szeros = (scales * rng.integers(0, 16, size=scales.shape)).astype(np.float32)
-    w = np.empty((n, k), np.float32)
-    awq.awq_dequantize(qweight, scales, szeros, w)
+    w = kernel_layout_weight(qweight, scales, szeros).astype(np.float32)
     return qweight, scales, szeros, w
 
 
@@ -107,8 +108,8 @@ def test_dense_gemm(t, n, k):
 
 
 def int8_weights(rng, n, k):
-    q, s = int8.quantize_int8(rng.standard_normal((n, k)).astype(np.float32))
-    return q, s, int8.dequantize_int8(q, s)
+    q, s = quantize_int8(rng.standard_normal((n, k)).astype(np.float32))
+    return q, s, int8_weight(q, s)
 
 
 @pytest.mark.parametrize("n,k", [(20, 100), (6, 9)])

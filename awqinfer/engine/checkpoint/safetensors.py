@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 SHARD_BYTES = 2 * 1024**3  # writing: start a new safetensors shard past 2 GiB
 

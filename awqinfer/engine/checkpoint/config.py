@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -78,7 +78,6 @@ class ModelConfig:
     quant: QuantConfig | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    torch_dtype: str = "float32"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -151,7 +150,6 @@ class ModelConfig:
             quant=_quant_from_dict(d.get("quantization_config"), hidden, source),
             bos_token_id=d.get("bos_token_id"),
             eos_token_ids=eos_ids,
-            torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"),
             raw=d,
         )
 
@@ -179,14 +177,8 @@ class ModelConfig:
             extra = eos if isinstance(eos, list) else ([] if eos is None else [eos])
             ids = tuple(dict.fromkeys([*config.eos_token_ids, *extra]))
             bos = config.bos_token_id if config.bos_token_id is not None else gen.get("bos_token_id")
-            config = _replace(config, eos_token_ids=ids, bos_token_id=bos)
+            config = replace(config, eos_token_ids=ids, bos_token_id=bos)
         return config
-
-
-def _replace(config: ModelConfig, **changes) -> ModelConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
 
 
 def _rope_from_dict(d: dict, source: str) -> RopeConfig:

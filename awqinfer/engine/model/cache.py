@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .config import ModelConfig
+from ...errors import InputError
+from ..checkpoint.config import ModelConfig
 
 
 class KVCache:
@@ -30,10 +30,6 @@ class KVCache:
     def free(self) -> int:
         """Positions still free."""
         return self.capacity - self.pos
-
-    def reset(self) -> None:
-        """Forget the sequence (the buffers are reused)."""
-        self.pos = 0
 
 
 def max_context(config: ModelConfig) -> int:

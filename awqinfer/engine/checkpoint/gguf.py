@@ -16,7 +16,7 @@ kernels rotate adjacent elements. We rotate halves ("rotate_half"), so the rows
 are put back: ``unpermute`` is the exact inverse of that permutation.
 
 Tensors are dequantized one at a time with ``gguf.quants.dequantize`` and handed
-to checkpoint.py's ShardWriter, which writes a shard every 2 GiB: a large model is
+to safetensors.py's ShardWriter, which writes a shard every 2 GiB: a large model is
 never held in memory whole.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError
-from .checkpoint import ShardWriter
+from ...errors import CheckpointError
+from .safetensors import ShardWriter
 
 # llama.cpp tensor names -> Hugging Face names ("{l}" is the layer index).
 LAYER_NAMES = {

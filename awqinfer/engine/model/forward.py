@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .backend import CPU, Backend, get_backend
+from ...errors import InputError
+from ..checkpoint.config import ModelConfig
+from ..checkpoint.safetensors import Checkpoint
+from .backend import CPU, Backend
 from .cache import KVCache
-from .checkpoint import Checkpoint
-from .config import ModelConfig
-from .decode import DecodeState, decode_one_token
+from .device import get_backend
+from .fast_decode import DecodeState, decode_one_token
 from .rope import cos_sin
 from .weights import LayerWeights, ModelWeights, load_weights
 
@@ -57,7 +58,7 @@ class Model:
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
         what generation needs, without a prompt-sized lm_head matmul. A single token
-        on the CPU goes through the compiled ``decode_one_token`` (engine/decode.py)
+        on the CPU goes through the compiled ``decode_one_token`` (fast_decode.py)
         unless ``fast`` (default: ``self.fast``) is False; the code below is the reference.
         """
         ids = self._check(ids, cache)

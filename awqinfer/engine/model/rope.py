@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .config import RopeConfig
+from ..checkpoint.config import RopeConfig
 
 
 def inv_freq(rope: RopeConfig, head_dim: int, max_position: int, seq_len: int) -> np.ndarray:

@@ -22,62 +22,19 @@ Values inside the schema's ranges that have no natural meaning, defined here:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..errors import InputError
-
-# The seed schema's bounds: name -> (low, high or None, integer?). Optional fields default to None.
-BOUNDS: dict[str, tuple[float, float | None, bool]] = {
-    "max_tokens": (1, None, True),
-    "temperature": (0, 5, False),
-    "top_p": (0, 2, False),
-    "top_k": (1, 50, True),
-    "seed": (1, 9_999_999_999, True),
-    "repetition_penalty": (0, 2, False),
-    "frequency_penalty": (0, 2, False),
-    "presence_penalty": (0, 2, False),
-}
-
-
-def check_number(field: str, value, low: float, high: float | None, integer: bool):
-    """Return ``value`` if it is a finite number (an integer when ``integer``) in low..high, else raise.
-
-    JSON has one number type, so an integer field accepts 3.0 (returned as 3), as JSON
-    Schema does; a bool is never a number. The InputError names field, value and range.
-    """
-    kind = "an integer" if integer else "a number"
-    allowed = f"{kind} in {low}..{high}" if high is not None else f"{kind} >= {low}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        ok = False
-    elif isinstance(value, numbers.Integral):
-        ok = True  # exact, however large (math.isfinite would overflow on 10**400)
-    else:
-        ok = math.isfinite(value) and (not integer or float(value).is_integer())
-    if not ok or value < low or (high is not None and value > high):
-        raise InputError(f"{field}: got {describe_value(value)}; allowed: {allowed}")
-    return int(value) if integer else float(value)
-
-
-def describe_value(value) -> str:
-    """A short description of a bad value for an error message: its repr (cut) and type."""
-    if isinstance(value, int) and value.bit_length() > 4000:  # repr() refuses ints this long
-        return f"an integer of {value.bit_length()} bits (int)"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+from .schema import FIELDS
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How many tokens to generate and how to pick each one; every field checked against BOUNDS."""
+    """How many tokens to generate and how to pick each one; every field checked against the schema."""
 
-    max_tokens: int = 256
-    temperature: float = 0.6  # 0: greedy
+    max_tokens: int = FIELDS["max_tokens"].default
+    temperature: float = FIELDS["temperature"].default  # 0: greedy
     top_p: float = 1.0  # >= 1: keep every token
     top_k: int | None = None  # None: keep every token
     seed: int | None = None  # None: a fresh random seed each run
@@ -90,7 +47,7 @@ class SamplingParams:
             value = getattr(self, f.name)
             if value is None and f.default is None:
                 continue
-            object.__setattr__(self, f.name, check_number(f.name, value, *BOUNDS[f.name]))
+            object.__setattr__(self, f.name, FIELDS[f.name].check(value))
 
 
 class History:

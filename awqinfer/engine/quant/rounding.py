@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.awq import pack_awq
+from ..checkpoint.awq_layout import pack_awq
 
 MAX_INT = 15  # 4-bit codes 0..15
 
@@ -53,6 +53,6 @@ def fake_quantize(weight: np.ndarray, group_size: int) -> np.ndarray:
 
 
 def awq_tensors(weight: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
-    """An nn.Linear weight (N, K) f32 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales`` (see kernels/awq.py)."""
+    """An nn.Linear weight (N, K) f32 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales`` (checkpoint/awq_layout.py)."""
     codes, zeros, scales = rtn_quantize(weight, group_size)
     return {"qweight": pack_awq(codes.T), "qzeros": pack_awq(zeros.T), "scales": np.ascontiguousarray(scales.T)}

@@ -1,7 +1,7 @@
 """Float checkpoint -> AWQ 4-bit checkpoint in AutoAWQ's exact "gemm" layout, one layer at a time.
 
     for each decoder layer l:
-        load layer l in f32                          (weights.load_layer)
+        load layer l in f32                          (model/weights.py's load_layer)
         [awq] run the calibration activations through it, search per-channel
               scales and clipping ranges, fold the scales into the previous op
               (awq_search.py; calibration text from calibration.py)
@@ -12,7 +12,7 @@
 
 The result is what AutoAWQ's ``save_quantized`` writes: decoder linears become
 ``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/g, N/8], ``scales`` fp16 [K/g, N]
-(packing in kernels/awq.py), everything else fp16, ``torch_dtype`` float16.
+(packing in checkpoint/awq_layout.py), everything else fp16, ``torch_dtype`` float16.
 Only one layer (plus the calibration activations) is in memory at a time.
 """
 
@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, InputError
+from ...errors import CheckpointError, InputError
+from ..checkpoint.config import ModelConfig, QuantConfig
+from ..checkpoint.safetensors import Checkpoint, ShardWriter
+from ..model.linear import Embedding
+from ..model.weights import IGNORED_SUFFIXES, LAYER_NORMS, LayerWeights, load_layer, projections
+from ..text.tokenizer import Tokenizer
 from .awq_search import AwqCalibration
 from .calibration import read_text, windows
-from .checkpoint import Checkpoint, ShardWriter
-from .config import ModelConfig, QuantConfig
 from .rounding import awq_tensors
-from .tokenizer import Tokenizer
-from .weights import IGNORED_SUFFIXES, Embedding, layer_tensors, load_layer, projections
 
 METHODS = ("awq", "rtn")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -88,6 +89,22 @@ def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_siz
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
+    return out
+
+
+def layer_tensors(config: ModelConfig, l: int, layer: LayerWeights) -> dict[str, np.ndarray]:
+    """The HF-named f32 tensors of a dense decoder layer: the inverse of ``load_layer``.
+
+    Fused matrices are split back into their parts: ``{module}.weight`` (N, K), ``{module}.bias`` (N,),
+    and the two norms (H,).
+    """
+    out = {f"model.layers.{l}.{n}.weight": w for n, w in zip(LAYER_NORMS, (layer.input_norm, layer.post_norm))}
+    for name, p in projections(config).items():
+        linear = getattr(layer, name)
+        for module, _, rows in p.modules(l):
+            out[f"{module}.weight"] = linear.weight[rows]
+            if linear.bias is not None:
+                out[f"{module}.bias"] = linear.bias[rows]
     return out
 
 

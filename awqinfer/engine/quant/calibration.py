@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 TARGET_CHARS = 450_000
 DOC_CHARS = 2_000  # per module

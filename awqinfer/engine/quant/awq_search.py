@@ -41,12 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import CPU
-from .config import ModelConfig
-from .model import decoder_layer
+from ..checkpoint.config import ModelConfig
+from ..model.backend import CPU
+from ..model.forward import decoder_layer
+from ..model.linear import DenseLinear
+from ..model.rope import cos_sin
+from ..model.weights import LayerWeights
 from .rounding import fake_quantize
-from .rope import cos_sin
-from .weights import DenseLinear, LayerWeights
 
 N_GRID = 20  # scale exponents alpha = i / N_GRID, and clipping steps of 1 / N_GRID
 MAX_SHRINK = 0.5  # clipping tries ranges down to half the largest weight of a group

@@ -1,8 +1,8 @@
-"""LLM: a loaded model with its tokenizer, the object ``awqinfer.load`` returns, and ``run``.
+"""LLM: a loaded model with its tokenizer, the object ``awqinfer.load`` returns; ``run`` the one-shot call.
 
 ``LLM.run(inputs)`` is the Workers AI text-generation call, in layers:
 
-    inputs -> Request (inputs.py) -> prompt ids (chat template or raw) -> generate_tokens
+    inputs -> Request (text/inputs.py) -> prompt ids (chat template or raw) -> generate_tokens
            -> text chunks {"response": ...}, the last with "usage" and "finish_reason"
            -> with stream=False, the chunks joined into one result
 
@@ -17,11 +17,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Iterator
 
-from .generate import check_prompt, generate_tokens
-from .inputs import Request, parse_inputs
-from .model import Model
-from .sampling import SamplingParams
-from .tokenizer import Tokenizer
+from . import hub
+from .model.device import get_backend
+from .model.forward import Model
+from .text.generate import check_prompt, generate_tokens
+from .text.inputs import Request, parse_inputs
+from .text.sampling import SamplingParams
+from .text.tokenizer import Tokenizer
 
 
 class LLM:
@@ -94,10 +96,16 @@ _LOADED: OrderedDict = OrderedDict()  # (model, device) -> LLM, most recently us
 KEEP_LOADED = 2
 
 
+def load(model: str | Path | None = None, device: str = "cpu") -> LLM:
+    """Load ``model`` (a directory, HF repo id, Workers AI name, or None for the default; see hub.py) onto ``device``."""
+    get_backend(device)  # a bad device is an error before any file is touched
+    directory, int8 = hub.resolve(model)
+    name = hub.DEFAULT_NAME if model is None else str(model)
+    return LLM.from_directory(directory, name, device, int8)
+
+
 def run(model, inputs: dict, device: str = "cpu"):
     """One-shot ``load(model, device).run(inputs)``; the last KEEP_LOADED models stay loaded for reuse."""
-    from .registry import load  # registry imports this module, so the import waits until first use
-
     key = (os.fspath(model) if isinstance(model, os.PathLike) else model, device)
     llm = _LOADED.pop(key, None) or load(model, device)
     _LOADED[key] = llm

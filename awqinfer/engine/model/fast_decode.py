@@ -1,0 +1,115 @@
+"""The fast single-token step on the CPU: gpt-fast's ``decode_one_token``.
+
+``Model.forward`` (forward.py) is the readable reference. For one token on the CPU
+the model calls ``decode_one_token`` instead, which runs kernels/decode.py's
+``decode_step``: all layers in one compiled call, over the per-projection stacked
+(n_layers, ...) arrays that weights.py already holds. This module builds what that
+call reads, by name (the NamedTuples of kernels/decode.py): the weights as
+``Layers`` of ``AwqStack``/``DenseStack``, the lm_head, and a ``Scratch`` of every
+intermediate, made once here (no allocation per token but the returned logits).
+tests/test_decode.py checks the two paths agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...kernels.awq import GEMV_CHUNKS
+from ...kernels.decode import ATTN_CHUNK, RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, \
+    decode_step
+from ..checkpoint.config import ModelConfig
+from .cache import KVCache
+from .linear import AwqLinear, DenseLinear, Linear, quantize_int8
+from .rope import cos_sin
+from .weights import ModelWeights
+
+
+class DecodeState:
+    """What ``decode_step`` reads besides the cache: stacked weights by name, and scratch buffers."""
+
+    def __init__(self, config: ModelConfig, layers: Layers, norms: np.ndarray, final_norm: np.ndarray,
+                 head: DenseHead | Int8Head, embed):
+        c = self.config = config
+        self.layers = layers
+        self.norms = norms  # (L, 2, H) f32
+        self.final_norm = final_norm  # (H,) f32
+        self.head = head
+        self.lm_head_int8 = isinstance(head, Int8Head)
+        self.embed = embed  # Embedding: ids -> (T, H) f32
+        self.x = np.zeros(c.hidden_size, np.float32)  # the residual stream
+        self.logits = np.zeros(c.vocab_size, np.float32)
+        self.capacity = 0  # cache positions the scratch's attention buffers cover
+        self.scratch = self._scratch(0)
+
+    @classmethod
+    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = False) -> "DecodeState | None":
+        """The state for ``weights``, or None when they are not in a layout decode_step takes.
+
+        ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
+        vocabulary row), a quarter of the bytes of the largest matrix of a small model, then
+        recompute the top RESCORE logits from the f32 rows: the argmax and the top logits are
+        the reference's, the others differ by the int8 rounding (~0.5%).
+        """
+        stacks = [_stack(weights.stacks[name]) for name in Layers._fields]
+        head = weights.lm_head
+        if None in stacks or type(head) is not DenseLinear or head.bias is not None or \
+                not head.weight.flags.c_contiguous:
+            return None
+        if lm_head_int8:
+            q8, scales = quantize_int8(head.weight)
+            head_tuple = Int8Head(head.weight, q8, scales, np.zeros(min(RESCORE, config.vocab_size), np.int64))
+        else:
+            head_tuple = DenseHead(head.weight)
+        return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed)
+
+    def _scratch(self, capacity: int) -> Scratch:
+        """Every intermediate of a step, the attention's sized for ``capacity`` cache positions."""
+        c = self.config
+        H, I, heads = c.hidden_size, c.intermediate_size, c.num_attention_heads
+        k_max = max(H, c.q_size, I)
+        g_max = max([s.scales.shape[2] for s in self.layers if isinstance(s, AwqStack)] + [1])
+        chunks = (capacity + ATTN_CHUNK - 1) // ATTN_CHUNK
+        f32 = lambda *shape: np.zeros(shape, np.float32)
+        return Scratch(h=f32(H), qkv=f32(c.q_size + 2 * c.kv_size), attn=f32(c.q_size), mlp=f32(2 * I), act=f32(I),
+                       proj=f32(H), xp=f32(k_max), xsum=f32(g_max), dots=f32(GEMV_CHUNKS * (k_max // 8 + 1)),
+                       scores=f32(heads, capacity), o_part=f32(heads, chunks, c.head_dim), m_part=f32(heads, chunks),
+                       l_part=f32(heads, chunks))
+
+    def scratch_for(self, capacity: int) -> Scratch:
+        """The scratch, regrown when a cache of ``capacity`` positions outgrows its attention buffers."""
+        if capacity > self.capacity:
+            self.scratch = self._scratch(capacity)
+            self.capacity = capacity
+        return self.scratch
+
+
+def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarray:
+    """Logits (1, V) f32 for ``token`` at position cache.pos, advancing the cache by one.
+
+    The caller (Model.forward) has validated the token and the cache. The scratch buffers are
+    the state's own: one sequence at a time per model (no two threads in forward at once).
+    """
+    c = state.config
+    pos = cache.pos
+    cos, sin = cos_sin(c.rope, c.head_dim, c.max_position_embeddings, pos, 1)
+    state.x[:] = state.embed(np.array([token]))[0]
+    decode_step(state.x, state.layers, state.norms, state.final_norm, state.head, cache.k, cache.v, pos,
+                cos[0], sin[0], np.float32(c.rms_norm_eps), c.num_attention_heads, state.scratch_for(cache.capacity),
+                state.logits)
+    cache.pos += 1
+    return state.logits[None, :].copy()
+
+
+def _stack(linear: Linear) -> AwqStack | DenseStack | None:
+    """A stacked Linear (arrays (L, ...)) -> decode_step's named stack, or None for a format it lacks."""
+    if type(linear) is AwqLinear:
+        arrays = (linear.qweight, linear.scales, linear.szeros)
+        kind = AwqStack
+    elif type(linear) is DenseLinear:
+        arrays = (linear.weight,)
+        kind = DenseStack
+    else:  # int8 projections go through the readable path
+        return None
+    L, N = arrays[0].shape[:2]
+    bias = linear.bias if linear.bias is not None else np.zeros((L, N), np.float32)
+    return kind(*arrays, bias)
