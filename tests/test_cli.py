@@ -37,8 +37,8 @@ def test_run_streamed_json_and_stdin_agree(tiny_qwen2):
     assert as_json.returncode == 0, as_json.stderr
     result = json.loads(as_json.stdout)
     assert set(result) >= {"response", "usage"}
-    assert 1 <= result["usage"]["completion_tokens"] <= 8
-    assert result["usage"]["total_tokens"] == result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"]
+    api = awqinfer.load(tiny_qwen2).run({"prompt": "Hello, world", "max_tokens": 8, "temperature": 0})
+    assert result == api  # the same answer, usage counts included, as the Python API gives
     assert streamed.stdout == result["response"] + "\n"  # the stream and the result are the same text
     piped = cli("run", "--model", tiny_qwen2, *GREEDY, "-", stdin="Hello, world")
     assert piped.returncode == 0 and piped.stdout == streamed.stdout
@@ -178,7 +178,15 @@ def test_convert_awq_writes_a_loadable_quantized_checkpoint(tiny_qwen2, tmp_path
     quant = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (quant["quant_method"], quant["bits"], quant["group_size"]) == ("awq", 4, 32)
     llm = awqinfer.load(out)
-    assert llm.run({"prompt": "Hello", "max_tokens": 4, "temperature": 0})["usage"]["completion_tokens"] >= 1
+    result = llm.run({"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+    ids, cache = llm.tokenizer.encode_chat([{"role": "user", "content": "Hello"}]), llm.model.new_cache(64)
+    logits = llm.model.forward(ids, cache)[-1]  # an independent greedy loop over the converted model
+    greedy = []
+    while len(greedy) < 4 and (not greedy or greedy[-1] not in llm.stop_ids):
+        greedy.append(int(logits.argmax()))
+        logits = llm.model.forward(greedy[-1:], cache)[-1]
+    assert result["usage"]["completion_tokens"] == len(greedy)
+    assert result["response"] == llm.tokenizer.decode([t for t in greedy if t not in llm.stop_ids])
     bad = cli("convert", gguf_path, tmp_path / "x", "--awq", "--group-size", "7")
     assert bad.returncode == 2
     one_line_error(bad, "--group-size")
@@ -190,3 +198,37 @@ def test_help_lists_every_subcommand():
     for command in ("run", "chat", "models", "convert", "quantize"):
         assert f"    {command} " in proc.stdout, command
     assert cli().returncode == 2  # no subcommand is a usage error
+
+
+def test_ctrl_c_in_chat_keeps_the_partial_reply(tiny_qwen2, monkeypatch, capsys):
+    """Ctrl-C during a reply stops it; what was shown stays in the conversation the next turn sees."""
+    import io
+
+    from awqinfer.cli import chat
+    from awqinfer.cli.main import build_parser
+
+    real = awqinfer.load(tiny_qwen2)
+    seen = []  # the messages of every turn
+
+    class CtrlCAfterThreeChunks:  # the real model, with a user who presses Ctrl-C during the first reply
+        name = real.name
+
+        def run(self, inputs):
+            seen.append([dict(m) for m in inputs["messages"]])
+            stream = real.run(inputs)
+            for n, chunk in enumerate(stream):
+                if len(seen) == 1 and n == 3:
+                    stream.close()
+                    raise KeyboardInterrupt
+                yield chunk
+
+    monkeypatch.setattr(chat, "load_model", lambda args: CtrlCAfterThreeChunks())
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me a story\nAnd then?\n"))
+    args = build_parser().parse_args(["chat", "--max-tokens", "40", "--temperature", "0"])
+    assert chat.main(args) == 0
+    full = real.run({"messages": seen[0], "max_tokens": 40, "temperature": 0, "stream": True})
+    partial = "".join(c["response"] for _, c in zip(range(3), full))
+    assert partial and len(seen) == 2
+    assert seen[1] == [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": partial},
+                       {"role": "user", "content": "And then?"}]
+    assert capsys.readouterr().out.startswith(partial + "\n")

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from awqinfer.engine.decode import DecodeState
+from awqinfer.engine.model.fast_decode import DecodeState
 from awqinfer.engine.model import Model
-from awqinfer.engine.weights import DenseLinear
-from awqinfer.kernels.decode import RESCORE
-from awqinfer.kernels.int8 import dequantize_int8
+from awqinfer.engine.model.linear import DenseLinear
+from awqinfer.kernels.decode import ATTN_CHUNK, RESCORE
+from checkpoints import quantize_checkpoint, random_weights, tiny_config, write_checkpoint
+from oracle import int8_weight
 
 FIXTURES = ["tiny_llama", "tiny_qwen2", "tiny_llama_awq", "tiny_qwen2_awq"]
 
@@ -39,19 +40,58 @@ def test_fast_decode_equals_reference(fixture, request):
     np.testing.assert_allclose(fast_cache.v, ref_cache.v, rtol=1e-4, atol=1e-5)
 
 
+def _variant(directory, *, awq_skip=None, long=False, **config):
+    """A tiny Llama beyond the fixtures: mixed AWQ + dense layers, attention_bias, or a long context."""
+    d = {**tiny_config("llama", max_positions=1024 if long else 256), **config}
+    tensors = random_weights(d, seed=3)
+    if awq_skip is not None:
+        tensors = quantize_checkpoint(tensors, 32, skip=awq_skip)
+        d["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True,
+                                    "version": "gemm", "modules_to_not_convert": list(awq_skip)}
+    return write_checkpoint(directory, d, tensors)
+
+
+@pytest.mark.parametrize("variant", ["mixed_awq_dense", "attention_bias", "past_one_attention_chunk"])
+def test_fast_decode_equals_reference_on_variants(variant, tmp_path):
+    """Mixed formats (modules_to_not_convert), Llama's q/k/v/o biases, and a cache past ATTN_CHUNK positions."""
+    directory = {"mixed_awq_dense": lambda: _variant(tmp_path, awq_skip=("mlp",)),
+                 "attention_bias": lambda: _variant(tmp_path, attention_bias=True),
+                 "past_one_attention_chunk": lambda: _variant(tmp_path, long=True)}[variant]()
+    model = Model.load(directory)
+    assert model._fast_state()
+    kinds = {name: type(stack).__name__ for name, stack in model.weights.stacks.items()}
+    if variant == "mixed_awq_dense":
+        assert kinds == {"qkv": "AwqLinear", "o_proj": "AwqLinear", "gate_up": "DenseLinear", "down_proj": "DenseLinear"}
+    if variant == "attention_bias":
+        assert model.weights.stacks["qkv"].bias is not None and model.weights.stacks["o_proj"].bias is not None
+    rng = np.random.default_rng(4)
+    n_prompt, n_steps = (ATTN_CHUNK + 40, 30) if variant == "past_one_attention_chunk" else (11, 20)
+    prompt, steps = rng.integers(0, model.config.vocab_size, n_prompt), rng.integers(0, model.config.vocab_size, n_steps)
+    capacity = n_prompt + n_steps
+    fast_cache, ref_cache = model.new_cache(capacity), model.new_cache(capacity)
+    model.forward(prompt, fast_cache)
+    model.forward(prompt, ref_cache)
+    for token in steps:
+        fast = model.forward([token], fast_cache, fast=True)
+        ref = model.forward([token], ref_cache, fast=False)
+        np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    if variant == "past_one_attention_chunk":
+        assert fast_cache.pos > ATTN_CHUNK  # the attention ran in two position chunks, merged
+
+
 def test_fast_decode_with_int8_lm_head(tiny_qwen2_awq):
     """int8 lm_head: each logit is the f32 head's (the rescored top) or the int8 copy's, the argmax the f32 one."""
     model = Model.load(tiny_qwen2_awq)
     assert model._fast_state() and not model._decode_state.lm_head_int8  # the default: the f32 head
     model.fast_lm_head_int8 = True
     assert model._fast_state() and model._decode_state.lm_head_int8  # rebuilt when the flag changes
-    _, q8, s8 = model._decode_state.lm_head
+    q8, s8 = model._decode_state.head.q8, model._decode_state.head.scales
     assert q8.dtype == np.int8 and q8.shape == model.weights.lm_head.weight.shape
     original = model.weights.lm_head
     rng = np.random.default_rng(2)
     prompt, steps = rng.integers(0, model.config.vocab_size, 7), rng.integers(0, model.config.vocab_size, 9)
     fast, ref_f32, _, _ = _fast_and_reference(model, prompt, steps)
-    model.weights.lm_head = DenseLinear(dequantize_int8(q8, s8))
+    model.weights.lm_head = DenseLinear(int8_weight(q8, s8))
     _, ref_int8, _, _ = _fast_and_reference(model, prompt, steps)
     model.weights.lm_head = original
     tol = 1e-4 * np.abs(ref_f32).max()

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import awqinfer
 from awqinfer import InputError
-from awqinfer.engine import registry, runner
-from awqinfer.engine.cache import KVCache
-from awqinfer.engine.generate import generate_tokens
-from awqinfer.engine.inputs import parse_inputs
-from awqinfer.engine.sampling import SamplingParams
+from awqinfer.engine import llm as runner
+from awqinfer.engine.model.cache import KVCache
+from awqinfer.engine.text.generate import generate_tokens
+from awqinfer.engine.text.inputs import parse_inputs
+from awqinfer.engine.text.sampling import SamplingParams
 from checkpoints import make_model
 
 SAMPLED = {"temperature": 1.0, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.2,
@@ -45,12 +45,14 @@ def completion_ids(llm, inputs):
     return [t for t, _ in generate_tokens(llm.model, llm.prompt_ids(request), request.sampling, llm.stop_ids)]
 
 
-def greedy_by_full_recompute(model, prompt_ids, n):
-    """Independent greedy loop: every step runs the whole sequence through a fresh cache."""
+def greedy_by_full_recompute(model, prompt_ids, n, stop_ids=frozenset()):
+    """Independent greedy loop: every step runs the whole sequence through a fresh cache; ends after a stop id."""
     ids = list(prompt_ids)
     for _ in range(n):
         logits = model.forward(ids, model.new_cache(len(ids)))
         ids.append(int(np.argmax(logits[-1])))
+        if ids[-1] in stop_ids:
+            break
     return ids[len(prompt_ids):]
 
 
@@ -77,13 +79,29 @@ def test_greedy_generation_matches_a_full_recompute(llama):
 
 
 @pytest.mark.parametrize("which", ["llama", "qwen_awq"])
-def test_stream_equals_non_stream(which, request):
+def test_stream_and_non_stream_equal_an_independent_greedy_loop(which, request):
+    """Both forms of run() against a greedy loop over model.forward that shares none of run()'s code."""
+    llm = request.getfixturevalue(which)
+    inputs = {"prompt": "Write 😀 and 日本語 please", "max_tokens": 24, "temperature": 0}
+    prompt_ids = llm.prompt_ids(parse_inputs(inputs))
+    ids = greedy_by_full_recompute(llm.model, prompt_ids, 24, llm.stop_ids)
+    want = llm.tokenizer.decode([t for t in ids if t not in llm.stop_ids])
+    chunks = list(llm.run({**inputs, "stream": True}))
+    whole = llm.run(inputs)
+    assert "".join(c["response"] for c in chunks) == want == whole["response"]
+    assert all(set(c) == {"response"} and c["response"] for c in chunks[:-1])
+    usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "total_tokens": len(prompt_ids) + len(ids)}
+    assert chunks[-1]["usage"] == whole["usage"] == usage
+    assert chunks[-1]["finish_reason"] == whole["finish_reason"] == ("stop" if ids[-1] in llm.stop_ids else "length")
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen_awq"])
+def test_sampled_stream_equals_non_stream(which, request):
     llm = request.getfixturevalue(which)
     inputs = {"prompt": "Write 😀 and 日本語 please", "max_tokens": 24, **SAMPLED}
     chunks = list(llm.run({**inputs, "stream": True}))
     whole = llm.run(inputs)
     assert "".join(c["response"] for c in chunks) == whole["response"]
-    assert all(set(c) == {"response"} and c["response"] for c in chunks[:-1])
     assert chunks[-1]["usage"] == whole["usage"] and chunks[-1]["finish_reason"] == whole["finish_reason"]
     ids = completion_ids(llm, inputs)  # a random model emits invalid UTF-8 too: U+FFFD only where decode has it
     assert whole["response"] == llm.tokenizer.decode([t for t in ids if t not in llm.stop_ids])
@@ -100,8 +118,8 @@ def test_same_seed_same_output_also_across_processes(tiny_llama, llama):
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
         outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-    assert outputs[0] == outputs[1]
-    assert outputs[0]["usage"]["completion_tokens"] >= 1
+    assert outputs[0] == outputs[1] == llama.run(inputs)
+    assert outputs[0]["usage"]["completion_tokens"] == len(completion_ids(llama, inputs))
 
 
 def test_different_seeds_and_no_seed_differ(llama):
@@ -194,16 +212,36 @@ def test_awqinfer_run_reuses_loaded_models(tiny_llama, monkeypatch):
 
     def counting_load(model, device="cpu"):
         calls.append((model, device))
-        return awqinfer.engine.runner.LLM.from_directory(model, device=device)
+        return awqinfer.engine.llm.LLM.from_directory(model, device=device)
 
     monkeypatch.setattr(runner, "_LOADED", OrderedDict())
-    monkeypatch.setattr(registry, "load", counting_load)
+    monkeypatch.setattr(runner, "load", counting_load)
     inputs = {"prompt": "Hi", "max_tokens": 2, "temperature": 0}
     first = awqinfer.run(tiny_llama, inputs)
     assert awqinfer.run(str(tiny_llama), inputs) == first
     assert len(calls) == 1
     for stream_chunk in awqinfer.run(tiny_llama, {**inputs, "stream": True}):
         assert "response" in stream_chunk
+
+
+def test_awqinfer_run_evicts_the_least_recently_used_model(tiny_llama, tiny_qwen2, tiny_llama_awq, monkeypatch):
+    calls = []
+
+    def counting_load(model, device="cpu"):
+        calls.append(model)
+        return awqinfer.engine.llm.LLM.from_directory(model, device=device)
+
+    monkeypatch.setattr(runner, "_LOADED", OrderedDict())
+    monkeypatch.setattr(runner, "load", counting_load)
+    inputs = {"prompt": "Hi", "max_tokens": 1, "temperature": 0}
+    for model in (tiny_llama, tiny_qwen2, tiny_llama):  # tiny_llama is now the most recently used
+        awqinfer.run(model, inputs)
+    assert calls == [tiny_llama, tiny_qwen2]
+    awqinfer.run(tiny_llama_awq, inputs)  # a third model: KEEP_LOADED is 2, so tiny_qwen2 goes
+    assert [key for key, _ in runner._LOADED] == [str(tiny_llama), str(tiny_llama_awq)]
+    awqinfer.run(tiny_qwen2, inputs)  # loaded again
+    assert calls == [tiny_llama, tiny_qwen2, tiny_llama_awq, tiny_qwen2]
+    assert len(runner._LOADED) == runner.KEEP_LOADED == 2
 
 
 # ---- property test: arbitrary inputs -------------------------------------------------------------
