@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import awqinfer
+from awqinfer.engine.model.threads import resolve_threads
 from awqinfer.engine.text.schema import SAMPLING_FIELDS
 
 EXIT_ERROR = 1  # the model or a file could not be used
@@ -41,6 +42,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="local checkpoint directory, Hugging Face repo id, or Workers AI name "
                         "(default: the embedded SmolLM2-135M-Instruct; see `awqinfer models`)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    p.add_argument("--threads", type=ranged(int, 1, None), default=None, metavar="N",
+                   help=f"CPU threads for the kernels (default: the cores this process may use, here "
+                        f"{resolve_threads(None)}); on a busy machine fewer can be much faster")
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -60,8 +64,8 @@ def sampling_inputs(args) -> dict:
 
 
 def load_model(args):
-    """``awqinfer.load`` for --model/--device."""
-    return awqinfer.load(args.model, device=args.device)
+    """``awqinfer.load`` for --model/--device/--threads."""
+    return awqinfer.load(args.model, device=args.device, threads=args.threads)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> int:

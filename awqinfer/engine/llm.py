@@ -20,6 +20,7 @@ from typing import Iterator
 from . import hub
 from .model.device import get_backend
 from .model.forward import Model
+from .model.threads import resolve_threads
 from .text.generate import check_prompt, generate_tokens
 from .text.inputs import Request, parse_inputs
 from .text.sampling import SamplingParams
@@ -38,12 +39,13 @@ class LLM:
 
     @classmethod
     def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu",
-                       int8: bool = False) -> "LLM":
+                       int8: bool = False, threads: int | None = None) -> "LLM":
         """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``.
 
         ``int8``: float projections become int8 weight-only at load (``@cf/meta/llama-2-7b-chat-int8``).
+        ``threads``: CPU threads for the kernels (default: the cores this process may use).
         """
-        return cls(Model.load(directory, device, int8), Tokenizer(directory), name or str(directory))
+        return cls(Model.load(directory, device, int8, threads), Tokenizer(directory), name or str(directory))
 
     def run(self, inputs: dict):
         """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
@@ -96,12 +98,17 @@ _LOADED: OrderedDict = OrderedDict()  # (model, device) -> LLM, most recently us
 KEEP_LOADED = 2
 
 
-def load(model: str | Path | None = None, device: str = "cpu") -> LLM:
-    """Load ``model`` (a directory, HF repo id, Workers AI name, or None for the default; see hub.py) onto ``device``."""
-    get_backend(device)  # a bad device is an error before any file is touched
+def load(model: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> LLM:
+    """Load ``model`` (a directory, HF repo id, Workers AI name, or None for the default; see hub.py) onto ``device``.
+
+    ``threads``: CPU threads for the kernels; default the cores this process may use
+    (``os.sched_getaffinity``). On a busy machine fewer can be faster.
+    """
+    get_backend(device)  # a bad device or thread count is an error before any file is touched
+    resolve_threads(threads)
     directory, int8 = hub.resolve(model)
     name = hub.DEFAULT_NAME if model is None else str(model)
-    return LLM.from_directory(directory, name, device, int8)
+    return LLM.from_directory(directory, name, device, int8, threads)
 
 
 def run(model, inputs: dict, device: str = "cpu"):

@@ -24,30 +24,34 @@ from .cache import KVCache
 from .device import get_backend
 from .fast_decode import DecodeState, decode_one_token
 from .rope import cos_sin
+from .threads import resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
 
 
 class Model:
     """A loaded model: its config, its weights (on the backend's device), and ``forward``."""
 
-    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend = CPU):
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend = CPU, threads: int | None = None):
         self.config = config
         self.backend = backend
         self.weights = backend.upload(weights)
+        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels (threads.py)
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
         self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False) -> "Model":
+    def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None) -> "Model":
         """Load config.json and the safetensors weights of a checkpoint directory.
 
         ``int8``: quantize float projections to int8 weight-only as they are read.
+        ``threads``: CPU threads for the kernels (default: the cores this process may use).
         """
         backend = get_backend(device)
+        threads = resolve_threads(threads)  # a bad value is an error before any file is read
         config = ModelConfig.load(directory)
-        return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend)
+        return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads)
 
     def new_cache(self, max_tokens: int) -> KVCache:
         """An empty KV cache for one sequence of up to ``max_tokens`` positions."""
@@ -62,6 +66,7 @@ class Model:
         unless ``fast`` (default: ``self.fast``) is False; the code below is the reference.
         """
         ids = self._check(ids, cache)
+        use_threads(self.threads)
         if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
             with self._decode_lock:  # its scratch buffers serve one call at a time
                 return decode_one_token(self._decode_state, int(ids[0]), cache)
