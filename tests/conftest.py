@@ -35,10 +35,17 @@ def tiny_qwen2_awq(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def awqinfer_cache(tmp_path_factory):
-    """Every test builds the default model into a temporary cache, never into ~/.cache/awqinfer."""
-    import os
+    """Every test builds the default model into a temporary cache, never into ~/.cache/awqinfer.
 
-    path = tmp_path_factory.mktemp("awqinfer_cache")
+    A developer may point AWQINFER_TEST_CACHE at a folder of their own to keep that build between
+    runs (it is only ever written by the default model's build); CI never sets it.
+    """
+    import os
+    from pathlib import Path
+
+    kept = os.environ.get("AWQINFER_TEST_CACHE")
+    path = Path(kept) if kept else tmp_path_factory.mktemp("awqinfer_cache")
+    path.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("AWQINFER_CACHE")
     os.environ["AWQINFER_CACHE"] = str(path)
     yield path
