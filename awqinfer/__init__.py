@@ -2,8 +2,8 @@
 
 from .engine.llm import LLM, load, run
 from .engine.quant.quantize import quantize
-from .errors import AwqinferError, CheckpointError, DeviceError, InputError, ModelNotFoundError
+from .errors import AwqinferError, Cancelled, CheckpointError, DeviceError, InputError, ModelNotFoundError
 
-__all__ = ["load", "run", "quantize", "LLM", "AwqinferError", "CheckpointError", "DeviceError", "InputError",
-           "ModelNotFoundError"]
+__all__ = ["load", "run", "quantize", "LLM", "AwqinferError", "Cancelled", "CheckpointError", "DeviceError",
+           "InputError", "ModelNotFoundError"]
 __version__ = "0.1.0"

@@ -23,3 +23,7 @@ class ModelNotFoundError(AwqinferError, LookupError):
 
 class DeviceError(AwqinferError, RuntimeError):
     """The requested device cannot be used here: names what is missing (package, driver, GPU, compiler)."""
+
+
+class Cancelled(AwqinferError):
+    """A generation was cancelled (its ``cancel`` event set) before it finished."""

@@ -12,11 +12,13 @@ The non-streamed result is built by joining the stream, so the two cannot disagr
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from contextlib import closing
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from ..errors import Cancelled
 from . import hub
 from .model.device import get_backend
 from .model.forward import Model
@@ -47,7 +49,8 @@ class LLM:
         """
         return cls(Model.load(directory, device, int8, threads), Tokenizer(directory), name or str(directory))
 
-    def run(self, inputs: dict):
+    def run(self, inputs: dict, *, cancel: threading.Event | None = None,
+            on_prefill: Callable[[int, int], None] | None = None):
         """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
 
         Result: {"response": str, "usage": {prompt_tokens, completion_tokens, total_tokens},
@@ -55,11 +58,15 @@ class LLM:
         a final EOS included (it adds no text). Chunks: {"response": str}, the last one also
         with "usage" and "finish_reason". Bad inputs raise InputError here, before any
         chunk, also when streaming.
+
+        For front ends: ``cancel`` (a threading.Event, set from any thread) stops the generation
+        at the next prompt chunk or decode step, and a cancelled stream simply ends;
+        ``on_prefill(done, total)`` reports the prompt's progress, chunk by chunk.
         """
         request = parse_inputs(inputs)
         prompt_ids = self.prompt_ids(request)
         check_prompt(self.model, prompt_ids)
-        chunks = self._chunks(prompt_ids, request.sampling)
+        chunks = self._chunks(prompt_ids, request.sampling, cancel, on_prefill)
         return chunks if request.stream else join_chunks(chunks)
 
     def prompt_ids(self, request: Request) -> list[int]:
@@ -70,10 +77,10 @@ class LLM:
             return self.tokenizer.encode_raw(request.prompt)
         return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
 
-    def _chunks(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[dict]:
+    def _chunks(self, prompt_ids: list[int], params: SamplingParams, cancel=None, on_prefill=None) -> Iterator[dict]:
         """Generated tokens -> text chunks; stop tokens count as output but add no text."""
         decoder = self.tokenizer.stream_decoder()
-        with closing(generate_tokens(self.model, prompt_ids, params, self.stop_ids)) as tokens:
+        with closing(generate_tokens(self.model, prompt_ids, params, self.stop_ids, cancel, on_prefill)) as tokens:
             for n, (token, reason) in enumerate(tokens, start=1):
                 text = "" if token in self.stop_ids else decoder.add(token)
                 if reason is None:
@@ -91,6 +98,8 @@ def join_chunks(chunks) -> dict:
     for chunk in chunks:
         texts.append(chunk["response"])
         last = chunk
+    if "usage" not in last:  # the stream ended early: its cancel event was set
+        raise Cancelled("the generation was cancelled before it finished")
     return {"response": "".join(texts), "usage": last["usage"], "finish_reason": last["finish_reason"]}
 
 
