@@ -27,3 +27,7 @@ class DeviceError(AwqinferError, RuntimeError):
 
 class Cancelled(AwqinferError):
     """A generation was cancelled (its ``cancel`` event set) before it finished."""
+
+
+class QueueFull(AwqinferError):
+    """The engine's queue of waiting requests is full (a server answers 429): try again later."""

@@ -1,4 +1,4 @@
-"""The compiled decode step (decode_one_token) against the readable forward pass."""
+"""The compiled decode step (fast_decode.decode_tokens) against the readable forward pass."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import pytest
 from awqinfer.engine.model.fast_decode import DecodeState
 from awqinfer.engine.model import Model
 from awqinfer.engine.model.linear import DenseLinear
-from awqinfer.kernels.decode import ATTN_CHUNK, RESCORE
+from awqinfer.kernels.decode import RESCORE
+from awqinfer.kernels.decode_attention import ATTN_CHUNK
 from checkpoints import quantize_checkpoint, random_weights, tiny_config, write_checkpoint
 from oracle import int8_weight
 
@@ -25,9 +26,16 @@ def _fast_and_reference(model, prompt, steps):
     return np.concatenate(fast), np.concatenate(ref), fast_cache, ref_cache
 
 
+def filled(cache, name: str) -> np.ndarray:
+    """A cache's keys or values at its filled positions, as f32 (float16 caches hold half bits)."""
+    a = getattr(cache, name)[:, :, : cache.pos]
+    return (a.view(np.float16) if a.dtype == np.uint16 else a).astype(np.float32)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
 @pytest.mark.parametrize("fixture", FIXTURES)
-def test_fast_decode_equals_reference(fixture, request):
-    model = Model.load(request.getfixturevalue(fixture))
+def test_fast_decode_equals_reference(fixture, kv_dtype, request):
+    model = Model.load(request.getfixturevalue(fixture), kv_dtype=kv_dtype)
     assert model._fast_state(), "the fast path must be available for dense and AWQ checkpoints"
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, model.config.vocab_size, 11)
@@ -36,8 +44,9 @@ def test_fast_decode_equals_reference(fixture, request):
     assert fast.shape == ref.shape == (len(steps), model.config.vocab_size)
     np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert fast_cache.pos == ref_cache.pos == len(prompt) + len(steps)
-    np.testing.assert_allclose(fast_cache.k, ref_cache.k, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(fast_cache.v, ref_cache.v, rtol=1e-4, atol=1e-5)
+    kv_tol = 1e-4 if kv_dtype == "float32" else 2.0**-10  # one float16 step when the f32 values straddle a rounding
+    for name in ("k", "v"):
+        np.testing.assert_allclose(filled(fast_cache, name), filled(ref_cache, name), rtol=kv_tol, atol=1e-5)
 
 
 def _variant(directory, *, awq_skip=None, long=False, **config):

@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from awqinfer.kernels import awq, decode
-from awqinfer.kernels.attention import attention
+from numba.typed import List
+
+from awqinfer.kernels import awq
+from awqinfer.kernels.attention import attention, store_kv
+from awqinfer.kernels.decode_attention import ATTN_CHUNK, attend_rows
 from awqinfer.kernels.awq import awq_gemm, awq_gemv
 from awqinfer.kernels.norm import rmsnorm
 from awqinfer.kernels.rope import apply_rope
@@ -55,21 +58,42 @@ def _attention_reference(q, k, v, n_pos):
     return out
 
 
-@pytest.mark.parametrize("n_pos", [1, 5, decode.ATTN_CHUNK, 2 * decode.ATTN_CHUNK + 77])
-def test_attend_one_matches_numpy(n_pos):
-    """The decode attention, including the merge of several position chunks."""
-    rng = np.random.default_rng(n_pos)
-    heads, kv, dim, capacity = 9, 3, 64, 3 * decode.ATTN_CHUNK
-    k = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
-    v = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
-    q = rng.standard_normal(heads * dim).astype(np.float32)
-    chunks = -(-capacity // decode.ATTN_CHUNK)
-    scratch = (np.zeros((heads, capacity), np.float32), np.zeros((heads, chunks, dim), np.float32),
-               np.zeros((heads, chunks), np.float32), np.zeros((heads, chunks), np.float32))
-    out = np.full(heads * dim, np.nan, np.float32)
-    decode.attend_one(q, k, v, n_pos, *scratch, out)
-    want = _attention_reference(q.reshape(heads, dim), k, v, n_pos)
-    np.testing.assert_allclose(out.reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
+def test_attend_rows_matches_numpy(kv_dtype):
+    """The decode attention of a batch: rows of mixed lengths (one, a few, exactly a chunk, several chunks
+    merged), each over its own cache, f32 or f16 (stored as bits)."""
+    rng = np.random.default_rng(7)
+    heads, kv, dim, layers = 9, 3, 64, 2
+    lengths = [1, 5, ATTN_CHUNK, 2 * ATTN_CHUNK + 77]  # positions each row attends to (its own included)
+    ks = [rng.standard_normal((layers, kv, n + 3, dim)).astype(kv_dtype) for n in lengths]
+    vs = [rng.standard_normal((layers, kv, n + 3, dim)).astype(kv_dtype) for n in lengths]
+    stored = lambda a: a.view(np.uint16) if kv_dtype == np.float16 else a
+    qkv = rng.standard_normal((len(lengths), (heads + 2 * kv) * dim)).astype(np.float32)
+    s_max = max(lengths) + 3
+    chunks = -(-s_max // ATTN_CHUNK)
+    B = len(lengths)
+    scratch = (np.zeros((B, heads, s_max), np.float32), np.zeros((B, heads, chunks, dim), np.float32),
+               np.zeros((B, heads, chunks), np.float32), np.zeros((B, heads, chunks), np.float32))
+    out = np.full((B, heads * dim), np.nan, np.float32)
+    positions = np.array(lengths, np.int64) - 1
+    attend_rows(qkv, List([stored(k) for k in ks]), List([stored(v) for v in vs]), 1, positions, *scratch, out)
+    for b, n in enumerate(lengths):
+        want = _attention_reference(qkv[b, : heads * dim].reshape(heads, dim), ks[b][1].astype(np.float32),
+                                    vs[b][1].astype(np.float32), n)
+        np.testing.assert_allclose(out[b].reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+
+
+def test_f16_kv_elements_round_trip_as_numpy_does():
+    """store_kv into a float16 cache rounds as numpy's astype(float16) (to nearest even; beyond range: inf)."""
+    x = np.concatenate([np.random.default_rng(0).standard_normal(1000) * 10.0 ** np.arange(-6, 4).repeat(100),
+                        [0.0, -0.0, 65504.0, 1e-8, 7e4]]).astype(np.float32)
+    qkv = np.stack([np.zeros_like(x), x, -x], axis=1)  # one head of size 1: columns q, k, v
+    k, v = np.zeros((1, x.size, 1), np.uint16), np.zeros((1, x.size, 1), np.uint16)
+    store_kv(qkv, k, v, 0, 1)
+    with np.errstate(over="ignore"):  # 7e4 is beyond float16: inf, as numpy gives
+        half = x.astype(np.float16)
+    np.testing.assert_array_equal(k.reshape(-1), half.view(np.uint16))
+    np.testing.assert_array_equal(v.reshape(-1), (-half).view(np.uint16))
 
 
 @pytest.mark.parametrize("n_tokens,start", [(1, 0), (5, 0), (4, 9), (40, 3)])

@@ -1,22 +1,24 @@
-"""The fast single-token step on the CPU: gpt-fast's ``decode_one_token``.
+"""The fast decode step on the CPU: one new token for each of B sequences in one compiled call.
 
-``Model.forward`` (forward.py) is the readable reference. For one token on the CPU
-the model calls ``decode_one_token`` instead, which runs kernels/decode.py's
-``decode_step``: all layers in one compiled call, over the per-projection stacked
-(n_layers, ...) arrays that weights.py already holds. This module builds what that
-call reads, by name (the NamedTuples of kernels/decode.py): the weights as
-``Layers`` of ``AwqStack``/``DenseStack``, the lm_head, and a ``Scratch`` of every
-intermediate, made once here (no allocation per token but the returned logits).
-tests/test_decode.py checks the two paths agree.
+``Model.forward`` and ``Model.forward_batch`` (forward.py) are the readable reference.
+For single tokens on the CPU the model calls ``decode_tokens`` instead, which runs
+kernels/decode.py's ``decode_batch``: all layers in one compiled call, over the
+per-projection stacked (n_layers, ...) arrays that weights.py already holds. This
+module builds what that call reads, by name (the NamedTuples of kernels/decode.py):
+the weights as ``Layers`` of ``AwqStack``/``DenseStack``, the lm_head, and a
+``Scratch`` of every intermediate for B rows, kept between steps (no allocation per
+token but the returned logits). tests/test_decode.py checks the two paths agree.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from numba.typed import List
+
 from ...kernels.awq import GEMV_CHUNKS
-from ...kernels.decode import ATTN_CHUNK, RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, \
-    decode_step
+from ...kernels.decode import RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, decode_batch
+from ...kernels.decode_attention import n_chunks
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
 from .linear import AwqLinear, DenseLinear, Linear, quantize_int8
@@ -25,25 +27,23 @@ from .weights import ModelWeights
 
 
 class DecodeState:
-    """What ``decode_step`` reads besides the cache: stacked weights by name, and scratch buffers."""
+    """What ``decode_batch`` reads besides the caches: stacked weights by name, and scratch buffers."""
 
     def __init__(self, config: ModelConfig, layers: Layers, norms: np.ndarray, final_norm: np.ndarray,
                  head: DenseHead | Int8Head, embed):
-        c = self.config = config
+        self.config = config
         self.layers = layers
         self.norms = norms  # (L, 2, H) f32
         self.final_norm = final_norm  # (H,) f32
         self.head = head
         self.lm_head_int8 = isinstance(head, Int8Head)
         self.embed = embed  # Embedding: ids -> (T, H) f32
-        self.x = np.zeros(c.hidden_size, np.float32)  # the residual stream
-        self.logits = np.zeros(c.vocab_size, np.float32)
-        self.capacity = 0  # cache positions the scratch's attention buffers cover
-        self.scratch = self._scratch(0)
+        self.scratch = self._scratch(1, 1)
+        self._lists = ((), None, None)  # (the arrays' ids, k list, v list) of the last batch
 
     @classmethod
     def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = False) -> "DecodeState | None":
-        """The state for ``weights``, or None when they are not in a layout decode_step takes.
+        """The state for ``weights``, or None when they are not in a layout decode_batch takes.
 
         ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
         vocabulary row), a quarter of the bytes of the largest matrix of a small model, then
@@ -62,42 +62,59 @@ class DecodeState:
             head_tuple = DenseHead(head.weight)
         return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed)
 
-    def _scratch(self, capacity: int) -> Scratch:
-        """Every intermediate of a step, the attention's sized for ``capacity`` cache positions."""
+    def _scratch(self, rows: int, positions: int) -> Scratch:
+        """Every intermediate of a step for ``rows`` sequences, the attention's for ``positions`` cache positions."""
         c = self.config
         H, I, heads = c.hidden_size, c.intermediate_size, c.num_attention_heads
         k_max = max(H, c.q_size, I)
         g_max = max([s.scales.shape[2] for s in self.layers if isinstance(s, AwqStack)] + [1])
-        chunks = (capacity + ATTN_CHUNK - 1) // ATTN_CHUNK
+        chunks = n_chunks(positions)
         f32 = lambda *shape: np.zeros(shape, np.float32)
-        return Scratch(h=f32(H), qkv=f32(c.q_size + 2 * c.kv_size), attn=f32(c.q_size), mlp=f32(2 * I), act=f32(I),
-                       proj=f32(H), xp=f32(k_max), xsum=f32(g_max), dots=f32(GEMV_CHUNKS * (k_max // 8 + 1)),
-                       scores=f32(heads, capacity), o_part=f32(heads, chunks, c.head_dim), m_part=f32(heads, chunks),
-                       l_part=f32(heads, chunks))
+        return Scratch(h=f32(rows, H), qkv=f32(rows, c.q_size + 2 * c.kv_size), attn=f32(rows, c.q_size),
+                       mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H), xp=f32(k_max), xsum=f32(g_max),
+                       dots=f32(GEMV_CHUNKS * (k_max // 8 + 1)), scores=f32(rows, heads, positions),
+                       o_part=f32(rows, heads, chunks, c.head_dim), m_part=f32(rows, heads, chunks),
+                       l_part=f32(rows, heads, chunks))
 
-    def scratch_for(self, capacity: int) -> Scratch:
-        """The scratch, regrown when a cache of ``capacity`` positions outgrows its attention buffers."""
-        if capacity > self.capacity:
-            self.scratch = self._scratch(capacity)
-            self.capacity = capacity
-        return self.scratch
+    def scratch_for(self, rows: int, positions: int) -> Scratch:
+        """The scratch for ``rows`` sequences reaching ``positions`` positions, regrown (never shrunk) to fit."""
+        s = self.scratch
+        if rows > s.h.shape[0] or positions > s.scores.shape[2]:
+            self.scratch = self._scratch(max(rows, s.h.shape[0]), max(positions, s.scores.shape[2]))
+        s = self.scratch
+        if rows == s.h.shape[0]:
+            return s
+        return Scratch(*(a if a.ndim == 1 else a[:rows] for a in s))
+
+    def cache_lists(self, caches: list[KVCache]) -> tuple[List, List]:
+        """Typed lists of the caches' k and v arrays for the kernel, rebuilt only when an array changed."""
+        key = tuple(id(a) for cache in caches for a in (cache.k, cache.v))
+        if key != self._lists[0]:
+            self._lists = (key, List([cache.k for cache in caches]), List([cache.v for cache in caches]))
+        return self._lists[1], self._lists[2]
 
 
-def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarray:
-    """Logits (1, V) f32 for ``token`` at position cache.pos, advancing the cache by one.
+def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+    """Logits (B, V) f32 for token b at position caches[b].pos, advancing every cache by one.
 
-    The caller (Model.forward) has validated the token and the cache. The scratch buffers are
-    the state's own: one sequence at a time per model (no two threads in forward at once).
+    The caller (Model) has validated the tokens and the caches, and made room in each cache
+    for its new position (``KVCache.ensure``). The scratch buffers are the state's own: one
+    step at a time per model.
     """
     c = state.config
-    pos = cache.pos
-    cos, sin = cos_sin(c.rope, c.head_dim, c.max_position_embeddings, pos, 1)
-    state.x[:] = state.embed(np.array([token]))[0]
-    decode_step(state.x, state.layers, state.norms, state.final_norm, state.head, cache.k, cache.v, pos,
-                cos[0], sin[0], np.float32(c.rms_norm_eps), c.num_attention_heads, state.scratch_for(cache.capacity),
-                state.logits)
-    cache.pos += 1
-    return state.logits[None, :].copy()
+    positions = np.array([cache.pos for cache in caches], np.int64)
+    angles = [cos_sin(c.rope, c.head_dim, c.max_position_embeddings, int(p), 1) for p in positions]
+    cos = np.concatenate([a[0] for a in angles])  # (B, D/2)
+    sin = np.concatenate([a[1] for a in angles])
+    x = state.embed(np.asarray(tokens))  # (B, H), the residual streams
+    scratch = state.scratch_for(len(caches), int(positions.max()) + 1)
+    k_list, v_list = state.cache_lists(caches)
+    logits = np.empty((len(caches), c.vocab_size), np.float32)
+    decode_batch(x, state.layers, state.norms, state.final_norm, state.head, k_list, v_list, positions, cos, sin,
+                 np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, logits)
+    for cache in caches:
+        cache.pos += 1
+    return logits
 
 
 def _stack(linear: Linear) -> AwqStack | DenseStack | None:
