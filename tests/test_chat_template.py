@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import awqinfer
-from awqinfer import InputError
+from awqinfer import CheckpointError, InputError, TemplateCheckpointError, TemplateInputError
 from awqinfer.engine.text.inputs import parse_inputs
 from awqinfer.engine.text.tokenizer import Tokenizer
 from checkpoints import DEEPSEEK_CODER_TEMPLATE, set_chat_template
@@ -123,9 +123,15 @@ def test_raw_prompt_gets_one_bos(checkpoints):
 
 
 def test_template_exceptions_become_input_errors(checkpoints):
+    """raise_exception is the template refusing the conversation: the request's fault, naming the template."""
     tok = Tokenizer(checkpoints["llama2"])
-    with pytest.raises(InputError, match="messages: .*alternate user/assistant"):
+    with pytest.raises(TemplateInputError, match="messages: .*tokenizer_config.json.*alternate user/assistant"):
         tok.apply_chat_template([{"role": "assistant", "content": "I start"}])
+    with pytest.raises(InputError, match="messages: expected a list of"):
+        tok.apply_chat_template([["role", "user"]])
+    # a turn the template cannot take (content not a string): the conversation's fault, with the line
+    with pytest.raises(TemplateInputError, match=r"fails on this conversation \(line 1\): TypeError"):
+        Tokenizer(checkpoints["chatml"]).apply_chat_template([{"role": "user", "content": None}])
 
 
 def test_checkpoint_without_template_gets_the_plain_fallback(tiny_qwen2, tmp_path):
@@ -149,8 +155,29 @@ def test_chat_template_jinja_file_wins(tiny_qwen2, tmp_path):
 
 
 def test_templates_run_sandboxed(tiny_qwen2, tmp_path):
+    """A template that reaches for Python's internals or mutates its inputs is the checkpoint's fault.
+
+    (tests/test_template_limits.py has the hostile templates that try to exhaust memory or time.)
+    """
     directory = tmp_path / "model"
     shutil.copytree(tiny_qwen2, directory)
-    set_chat_template(directory, "{{ messages.append({'role': 'x'}) }}{{ ''.__class__.__mro__ }}")
-    with pytest.raises(InputError, match="messages:"):
-        Tokenizer(directory).apply_chat_template(CONVERSATIONS[0])
+    for source, words in [("{{ messages.append({'role': 'x'}) }}", "'append' of 'list'"),
+                          ("\n{{ ''.__class__.__mro__ }}", "'__class__' of 'str'")]:
+        set_chat_template(directory, source)
+        with pytest.raises(TemplateCheckpointError) as e:
+            Tokenizer(directory).apply_chat_template(CONVERSATIONS[0])
+        assert "tokenizer_config.json: the chat template tries to leave its sandbox" in str(e.value)
+        assert words in str(e.value) and isinstance(e.value, CheckpointError)
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}\n{{ m.content %}")
+    with pytest.raises(TemplateCheckpointError, match="chat_template.jinja: the chat template is not valid jinja"):
+        Tokenizer(directory)
+
+
+def test_the_llm_bounds_its_template_by_the_models_context(tiny_qwen2):
+    """LLM passes the model's context to the tokenizer: tokens x the longest token's characters."""
+    llm = awqinfer.load(tiny_qwen2)
+    longest = max(map(len, llm.tokenizer._tok.get_vocab(with_added_tokens=True)))
+    assert llm.model.config.max_position_embeddings == 256
+    assert llm.tokenizer.chat_template.limits.max_chars == max(1 << 16, 256 * longest)
+    with pytest.raises(TemplateInputError, match="messages: longer than the model's context can hold"):
+        llm.run({"messages": [{"role": "user", "content": "x" * 70_000}]})
