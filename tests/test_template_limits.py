@@ -39,7 +39,7 @@ HOSTILE = [
     ("a long loop", "{% for i in range(10**9) %}x{% endfor %}", {}, CHECKPOINT, "1,000,000,000 numbers"),
     ("nested loops within the range limit",
      "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", {}, CHECKPOINT,
-     ("loop iterations", "writes more than 663,618 characters")),
+     ("loop iterations", "would build 663,619 characters with its output")),
     ("nested loops writing nothing", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
      "{% endfor %}", {}, CHECKPOINT, "loop iterations"),
     ("loops over the messages' text", "{% for m in messages %}{% for a in m.content %}{% for b in m.content %}"
@@ -85,6 +85,7 @@ HOSTILE = [
     ("batch", "{{ [1]|batch(10**9, 'x')|list }}", {}, CHECKPOINT, "the filter 'batch'"),
     ("dict.fromkeys", "{{ dict.fromkeys(range(100000), 'x' * 100000) }}", {}, CHECKPOINT, "writes a value"),
     ("tojson indent", "{{ messages|tojson(indent=10**9) }}", {}, CHECKPOINT, "indent"),
+    ("tojson escaping much text", "{{ ('\\x01' * 150000)|tojson }}", {}, CHECKPOINT, "with tojson"),
     ("tojson of a shared structure", SHARED + "{{ ns.a|tojson }}", {}, CHECKPOINT, "'tojson' a value"),
     ("printing a shared structure", SHARED + "{{ ns.a }}", {}, CHECKPOINT, "writes a value"),
     ("comparing shared structures", SHARED + "{{ ns.a == ns.b }}", {}, CHECKPOINT, "compares or hashes"),

@@ -44,6 +44,7 @@ _SHALLOW_FILTERS = frozenset({"abs", "attr", "batch", "count", "d", "default", "
 _COMPARING_TESTS = frozenset({"!=", "<", "<=", "==", ">", ">=", "eq", "equalto", "ge", "greaterthan", "gt", "in",
                               "le", "lessthan", "lt", "ne"})
 _SEQUENCES = (str, bytes, list, tuple)
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # compared and hashed in time linear in their size
 _SCOPE_KWARGS = ("_loop_vars", "_block_vars")  # the scope jinja2 hands every call inside a loop or block
 
 
@@ -139,19 +140,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
     def concat(self, pieces) -> str:
         """Join what a template, macro, block or ``set`` block wrote, counting it as it comes."""
         b = current()
-        if b is None:
-            return "".join(pieces)
-        parts, size = [], 0
-        for piece in pieces:
-            size += len(piece)
-            if size > b.cap:
-                raise LimitExceeded(f"writes more than {b.cap:,} characters; {b.limit()}")
-            parts.append(piece)
-            if len(parts) % 1024 == 0:
-                b.tick()
-        text = "".join(parts)
-        b.charge(text, "its output")
-        return text
+        return "".join(pieces) if b is None else b.join(pieces, "its output")
 
     # --- the gates _Gates calls ------------------------------------------------------------------------
 
@@ -171,8 +160,9 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         return text
 
     def checked(self, value):
-        """A value about to be compared or hashed (as a dict key), measured first."""
-        budget().measure(value, "compares or hashes")
+        """A value about to be compared or hashed (as a dict key), measured first unless it is a plain scalar."""
+        if type(value) not in _SCALARS:
+            budget().measure(value, "compares or hashes")
         return value
 
 
@@ -271,17 +261,7 @@ def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=Fa
     if width > MAX_JSON_INDENT:
         raise LimitExceeded(f"asks tojson for an indent of {width:,}; the limit is {MAX_JSON_INDENT}")
     encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-    parts, size, room = [], 0, b.room()
-    for chunk in encoder.iterencode(value):
-        size += len(chunk)
-        if size > room:
-            b.expect(size, "tojson")
-        parts.append(chunk)
-        if len(parts) % 1024 == 0:
-            b.tick()
-    text = "".join(parts)
-    b.charge(text, "tojson")
-    return text
+    return b.join(encoder.iterencode(value), "tojson")
 
 
 def _guard_filter(name: str, func):

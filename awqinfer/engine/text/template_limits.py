@@ -103,6 +103,8 @@ class Budget:
 
     def measure(self, value, what: str) -> int:
         """The text size of ``value``, refused when over the cap: before it is printed, compared or hashed."""
+        if type(value) is str:  # the common case; every string was measured when it was built
+            return len(value)
         try:
             return text_size(value, self.cap, self.memo, self.tick)
         except TooBig as e:
@@ -123,9 +125,19 @@ class Budget:
         self.expect(size, what)
         self.created += size
 
-    def room(self) -> int:
-        """The most characters the next thing built may have."""
-        return max(0, min(self.cap, self.created_cap - self.created))
+    def join(self, pieces, what: str) -> str:
+        """Text that arrives in pieces (a template's output, tojson's chunks), refused as soon as it is too long."""
+        parts, size, room = [], 0, min(self.cap, self.created_cap - self.created)
+        for piece in pieces:
+            size += len(piece)
+            if size > room:
+                self.expect(size, what)
+            parts.append(piece)
+            if len(parts) % _TICK_EVERY == 0:
+                self.tick()
+        text = "".join(parts)
+        self.charge(text, what)
+        return text
 
     def limit(self) -> str:
         """The cap, and where it comes from, for an error message."""
