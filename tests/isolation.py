@@ -38,7 +38,14 @@ class Isolated:
 
     def run(self, function: str, *args, memory_mb: int = 512, seconds: float = 20.0) -> dict:
         """Run ``function`` ('module:name', a module under tests/) on JSON ``args`` in a limited child."""
-        request = {"function": function, "args": list(args), "memory_mb": memory_mb, "seconds": seconds}
+        return self._ask({"function": function, "args": list(args), "memory_mb": memory_mb, "seconds": seconds})
+
+    def warm(self, function: str, *args) -> dict:
+        """Run ``function`` in the worker itself, unlimited, so that every later child inherits what it
+        loaded (Numba's cached code, say). It must start no threads: the worker forks afterwards."""
+        return self._ask({"function": function, "args": list(args), "warm": True})
+
+    def _ask(self, request: dict) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -66,8 +73,9 @@ def _child(request: dict, out) -> None:
     except OSError:
         pass
     start_rss = _status("VmRSS")
-    limit = _status("VmSize") * 1024 + (request["memory_mb"] << 20)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if not request.get("warm"):
+        limit = _status("VmSize") * 1024 + (request["memory_mb"] << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     t0 = time.monotonic()
     try:
         module, name = request["function"].split(":")
@@ -91,6 +99,9 @@ def _serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
+        if request.get("warm"):
+            _child(request, sys.stdout)
+            continue
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:

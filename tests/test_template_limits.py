@@ -98,7 +98,9 @@ HOSTILE = [
      {"tools": [{"name": "f", "description": "d" * 1_000_000}]}, INPUT, "tools: longer than the model's context"),
     ("a tools description multiplied", "{{ tools[0].description * 1000 }}",
      {"tools": [{"name": "f", "description": "d" * 10_000}]}, CHECKPOINT, "characters with '*'"),
+    ("round to a huge precision", "{{ 5|round(-10**9, 'ceil') }}", {}, CHECKPOINT, "the filter 'round'"),
     ("a syntax error", "{% for %}", {}, CHECKPOINT, "not valid jinja"),
+    ("a template too long to compile", "a{{ x }}" * 10_000, {}, CHECKPOINT, "over 65,536 characters"),
     ("nesting too deep to compile", "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", {}, CHECKPOINT, "chat template"),
 ]
 
@@ -129,6 +131,12 @@ def test_hostile_template_ends_in_a_template_error(isolated, case, source, varia
     assert "MemoryError" not in message and "Recursion" not in result["types"], result
     assert result["seconds"] < 10, result
     assert result["grew_mb"] < 256, result
+
+
+def test_the_longest_template_allowed_compiles_in_bounded_time_and_memory(isolated):
+    result = isolated.run("test_template_limits:render_case", "{{ x }}a" * (65536 // 8), {}, memory_mb=1024)
+    assert result["status"] == "returned" and result["value"]["length"] == 8192, result
+    assert result["seconds"] < 10 and result["grew_mb"] < 256, result
 
 
 REAL = {"llama2": LLAMA2_TEMPLATE, "chatml": CHATML_TEMPLATE, "deepseek": DEEPSEEK_CODER_TEMPLATE}

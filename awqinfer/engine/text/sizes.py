@@ -9,7 +9,8 @@ operations whose result can be far larger than what they read:
                                    join (materialized first), case changes (x3), encode/decode (x10)
     int.to_bytes                   its length
     filters                        center, indent, wordwrap, truncate, replace, format, join, sum,
-                                   urlize, urlencode, escape, xmlattr, pprint, case changes, batch, slice
+                                   urlize, urlencode, escape, xmlattr, pprint, case changes, batch, slice,
+                                   round (its precision is a power of ten)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ FILTER_SIZES = {
     "pprint": lambda n, a, m: 2 * n,
     **{name: (lambda n, a, m: 5 * n) for name in ("escape", "e", "forceescape")},  # " -> &#34;
     **{name: (lambda n, a, m: 3 * n) for name in ("upper", "lower", "title", "capitalize")},
+    "round": lambda n, a, m: abs(_int(a["precision"])),  # 10 ** precision digits, for round(x, -10**9)
     "batch": lambda n, a, m: _int(a["linecount"]) if a["fill_with"] is not None else 0,
     "slice": lambda n, a, m: _int(a["slices"]),
 }
