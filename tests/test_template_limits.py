@@ -204,3 +204,11 @@ def test_concurrent_renders_have_their_own_budgets():
         t.join(timeout=30)
     assert isinstance(outcome["hostile"], TemplateCheckpointError)
     assert outcome["fine"].endswith("<|im_start|>user\nHello<|im_end|>\n")
+
+
+def test_a_templates_own_message_is_cut_short():
+    """raise_exception with megabytes of text: the error quotes 500 characters of it, and says how long it was."""
+    template = ChatTemplate("{{ raise_exception('no ' * 200000) }}", ORIGIN, LIMITS)
+    with pytest.raises(TemplateInputError) as e:
+        template.render(messages=MESSAGES)
+    assert len(str(e.value)) < 700 and "(600,000 characters)" in str(e.value)

@@ -74,6 +74,12 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _brief(error: BaseException, limit: int = 500) -> str:
+    """An exception's message for ours, cut short: a template may raise with megabytes of text."""
+    text = str(error)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class ChatTemplate:
     """A chat template compiled once in the limited sandbox, rendered under ``limits``."""
 
@@ -112,21 +118,21 @@ class ChatTemplate:
                 return self._template.render(**variables)
         except _Rejected as e:
             raise TemplateInputError(f"messages: the chat template ({self.origin}) rejects this conversation: "
-                                     f"{e}") from None
+                                     f"{_brief(e)}") from None
         except LimitExceeded as e:
             raise TemplateCheckpointError(f"{self.origin}: the chat template{self._line(e)} {e}") from None
         except SecurityError as e:
             raise TemplateCheckpointError(f"{self.origin}: the chat template tries to leave its sandbox"
-                                          f"{self._line(e)}: {e}") from None
+                                          f"{self._line(e)}: {_brief(e)}") from None
         except RecursionError as e:
             raise TemplateCheckpointError(f"{self.origin}: the chat template recurses too deeply{self._line(e)}") \
                 from None
         except (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError) as e:
             raise TemplateInputError(f"messages: the chat template ({self.origin}) fails on this conversation"
-                                     f"{self._line(e)}: {type(e).__name__}: {e}") from None
+                                     f"{self._line(e)}: {type(e).__name__}: {_brief(e)}") from None
         except Exception as e:  # MemoryError included: never a raw exception from a checkpoint's code
             raise TemplateCheckpointError(f"{self.origin}: the chat template fails{self._line(e)}: "
-                                          f"{type(e).__name__}: {e}") from None
+                                          f"{type(e).__name__}: {_brief(e)}") from None
 
     def _line(self, error: BaseException) -> str:
         """' (line N)' of the template, from the frames jinja2 puts in the traceback, or ''."""

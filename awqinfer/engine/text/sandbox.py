@@ -71,6 +71,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
     # --- what jinja2 calls for every operator, call, attribute and output -------------------------------
 
     def call_binop(self, context, operator: str, left, right):
+        """``left <operator> right`` for * ** + %: its size (or an integer's bits) estimated before it is computed."""
         b = budget()
         size = _binop_size(b, operator, left, right)
         if size is not None:
@@ -81,6 +82,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         return result
 
     def call(self, context, obj, /, *args, **kwargs):
+        """Every call a template makes: macros counted for depth, arguments measured, amplifiers estimated."""
         if type(obj) is MethodType and obj.__self__ is self:  # a gate that _Gates put in
             return obj(*args)
         b, name = budget(), _name(obj)
@@ -103,10 +105,12 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         return result
 
     def getattr(self, obj, attribute):
+        """``obj.attribute``, as the sandbox allows it, after a look at the clock."""
         _tick()
         return super().getattr(obj, attribute)
 
     def getitem(self, obj, argument):
+        """``obj[argument]``, as the sandbox allows it, after a look at the clock."""
         _tick()
         return super().getitem(obj, argument)
 

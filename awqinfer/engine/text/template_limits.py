@@ -99,6 +99,7 @@ class Budget:
             raise LimitExceeded(f"nests calls to {what} more than {self.limits.call_depth} deep (runaway recursion)")
 
     def leave(self) -> None:
+        """Back out of the call ``enter`` counted."""
         self.depth -= 1
 
     def measure(self, value, what: str) -> int:
@@ -119,7 +120,7 @@ class Budget:
             raise LimitExceeded(f"would build more than {self.created_cap:,} characters in all with {what} "
                                 f"({CREATED_FACTOR} x the limit of one value, {self.cap:,})")
 
-    def charge(self, value, what: str = "it") -> None:
+    def charge(self, value, what: str) -> None:
         """Count what was built: a string's characters or a container's slots."""
         size = len(value) if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) else 1
         self.expect(size, what)
