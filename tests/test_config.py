@@ -73,7 +73,7 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 1000.0}, "max_position_embeddings": 1 << 20},
      "extends the context to"),
     ({"rope_scaling": {**LLAMA3, "low_freq_factor": 4.0}}, "low_freq_factor < high_freq_factor"),
-    ({"rope_scaling": {**LLAMA3, "original_max_position_embeddings": -1}}, "'max_position_embeddings'"),
+    ({"rope_scaling": {**LLAMA3, "original_max_position_embeddings": -1}}, "'original_max_position_embeddings'"),
     ({"rope_scaling": {**LLAMA3, "high_freq_factor": INF}}, "high_freq_factor"),
     ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
     ({"attention_bias": 1}, "'attention_bias'"),
@@ -104,8 +104,8 @@ def test_real_extremes_still_load():
               "max_position_embeddings": 10_485_760, "rope_scaling": LLAMA3, "rope_theta": 500000.0,
               "eos_token_id": [128001, 128008, 128009], "bos_token_id": None, "tie_word_embeddings": None}
     c = ModelConfig.from_dict(config)
-    assert (c.head_dim, c.rope.type, c.eos_token_ids, c.tie_word_embeddings) == (128, "llama3", (128001, 128008, 128009),
-                                                                                 False)
+    assert (c.head_dim, c.rope.type, c.tie_word_embeddings) == (128, "llama3", False)
+    assert c.eos_token_ids == (128001, 128008, 128009)
 
 
 def test_generation_config_is_checked(tmp_path):

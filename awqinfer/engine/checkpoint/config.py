@@ -21,7 +21,7 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # them is corrupt or hostile, refused before anything is allocated or computed from it.
 MAX_SIZES = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
              "num_hidden_layers": 1 << 10, "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10,
-             "head_dim": 1 << 10, "max_position_embeddings": 1 << 24}
+             "head_dim": 1 << 10, "max_position_embeddings": 1 << 24, "original_max_position_embeddings": 1 << 24}
 MAX_ROPE_THETA = 1e15  # real bases are 1e4..1e8; a base below 1 makes frequencies overflow
 MAX_ROPE_FACTOR = 1024.0  # real scaling factors are 2..64
 
@@ -255,14 +255,14 @@ def _rope_from_dict(d: dict, source: str) -> RopeConfig:
     if rope_type == "llama3" and orig is None:
         raise CheckpointError(f"{source}: llama3 RoPE scaling needs original_max_position_embeddings")
     if orig is not None:
-        orig = _size({"max_position_embeddings": orig}, "max_position_embeddings", source)
+        orig = _size({"original_max_position_embeddings": orig}, "original_max_position_embeddings", source)
     low = _number(merged, "low_freq_factor", source, 1.0, 0.0, MAX_ROPE_FACTOR, "RoPE low_freq_factor")
     high = _number(merged, "high_freq_factor", source, 4.0, 0.0, MAX_ROPE_FACTOR, "RoPE high_freq_factor")
     if rope_type == "llama3" and not low < high:
         raise CheckpointError(f"{source}: llama3 RoPE needs low_freq_factor < high_freq_factor, got {low} and {high}")
-    if rope_type == "dynamic" and d["max_position_embeddings"] * factor > MAX_SIZES["max_position_embeddings"]:
-        raise CheckpointError(f"{source}: dynamic RoPE extends the context to {d['max_position_embeddings'] * factor:,.0f} "
-                              f"positions; at most {MAX_SIZES['max_position_embeddings']:,}")
+    extended, most = d["max_position_embeddings"] * factor, MAX_SIZES["max_position_embeddings"]
+    if rope_type == "dynamic" and extended > most:
+        raise CheckpointError(f"{source}: dynamic RoPE extends the context to {extended:,.0f} positions; at most {most:,}")
     return RopeConfig(
         theta=theta,
         type=rope_type,
