@@ -181,3 +181,25 @@ def test_the_llm_bounds_its_template_by_the_models_context(tiny_qwen2):
     assert llm.tokenizer.chat_template.limits.max_chars == max(1 << 16, 256 * longest)
     with pytest.raises(TemplateInputError, match="messages: longer than the model's context can hold"):
         llm.run({"messages": [{"role": "user", "content": "x" * 70_000}]})
+
+
+TOOLS_TEMPLATE = (  # the tools part of Qwen2.5's template
+    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n\\n<tools>' }}{%- for tool in tools %}{{- '\\n' }}"
+    "{{- tool | tojson }}{%- endfor %}{{- '\\n</tools><|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_tools_reach_the_template_as_in_transformers(tiny_qwen2, tmp_path):
+    """tools= renders through the same limited sandbox, tojson and all, as transformers renders it."""
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, directory)
+    set_chat_template(directory, TOOLS_TEMPLATE)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Le temps qu'il fait, °C",
+                                                "parameters": {"type": "object", "properties": {
+                                                    "city": {"type": "string"}}, "required": ["city"]}}}]
+    expected = hf_tokenizer(directory).apply_chat_template(CONVERSATIONS[0], tools=tools, tokenize=False,
+                                                           add_generation_prompt=True)
+    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0], tools=tools) == expected
+    assert '"description": "Le temps qu\'il fait, °C"' in expected
