@@ -25,6 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -56,6 +58,14 @@ class Isolated:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def isolated():
+    """One worker for a test module (import this fixture into the module)."""
+    worker = Isolated()
+    yield worker
+    worker.close()
 
 
 def _status(key: str) -> int:

@@ -21,6 +21,7 @@ import awqinfer
 from awqinfer.engine.model.cache import max_context
 from awqinfer.engine.model.rope import cos_sin
 from checkpoints import make_model
+from isolation import isolated  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc: Linux only")
 
@@ -70,15 +71,6 @@ def load_case(directory: str):
     c = awqinfer.load(directory).model.config
     tables = [cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, 2) for start in (0, max_context(c) - 2)]
     return bool(all(np.isfinite(t).all() for pair in tables for t in pair))
-
-
-@pytest.fixture(scope="module")
-def isolated():
-    from isolation import Isolated
-
-    worker = Isolated()
-    yield worker
-    worker.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from awqinfer import TemplateCheckpointError, TemplateError, TemplateInputError
 from awqinfer.engine.text.chat_template import ChatTemplate
 from awqinfer.engine.text.template_limits import RenderLimits
 from checkpoints import CHATML_TEMPLATE, DEEPSEEK_CODER_TEMPLATE, LLAMA2_TEMPLATE
+from isolation import isolated  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc: Linux only")
 
@@ -109,15 +110,6 @@ def render_case(source: str, variables: dict):
     """In the isolated child: compile and render ``source`` under the default model's limits."""
     text = ChatTemplate(source, ORIGIN, LIMITS).render(**{"messages": MESSAGES, **variables})
     return {"length": len(text), "start": text[:200]}
-
-
-@pytest.fixture(scope="module")
-def isolated():
-    from isolation import Isolated
-
-    worker = Isolated()
-    yield worker
-    worker.close()
 
 
 @pytest.mark.parametrize("case,source,variables,kind,words", HOSTILE, ids=[c[0] for c in HOSTILE])
