@@ -32,7 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
-from .sizes import FILTER_SIZES, call_size, format_size, percent_size
+from .sizes import FILTER_SIZES, SLOW_FILTER_CHARS, call_size, format_size, percent_size
 from .template_limits import LimitExceeded, budget, current
 
 MAX_JSON_INDENT = 64  # tojson's indent; each nesting level repeats it on every line
@@ -293,6 +293,9 @@ def _guard_filter(name: str, func):
             size = b.measure(value, f"gives {label}")
             for arg in (*args, *kwargs.values()):
                 b.measure(arg, f"gives {label}")
+            if size > SLOW_FILTER_CHARS.get(name, size):
+                raise LimitExceeded(f"gives {label} {size:,} characters; it runs out of the clock's reach, so on "
+                                    f"at most {SLOW_FILTER_CHARS[name]:,}")
         if estimate is not None:
             bound = signature.bind(*signature_lead, value, *args, **kwargs)
             bound.apply_defaults()

@@ -110,6 +110,10 @@ def _lines(s, size: int) -> int:
     return s.count("\n") + 1 if isinstance(s, str) else size + 1
 
 
+# filters that run in Python, out of the clock's reach, and slowly (textwrap: 3 s on 300,000 characters):
+# the most characters each is given
+SLOW_FILTER_CHARS = {"wordwrap": 1 << 16, "urlize": 1 << 16}
+
 # filter name -> (measured size of its value, its bound arguments by name, measure) -> bound on its result
 FILTER_SIZES = {
     "center": lambda n, a, m: n + _int(a["width"]),
