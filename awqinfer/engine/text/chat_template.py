@@ -93,7 +93,8 @@ class ChatTemplate:
         try:
             self._template = env.compile_limited(source, self.origin)
         except jinja2.TemplateSyntaxError as e:
-            raise TemplateCheckpointError(f"{self.origin}: the chat template is not valid jinja ({e})") from None
+            raise TemplateCheckpointError(f"{self.origin}: the chat template is not valid jinja "
+                                          f"(line {e.lineno}: {e.message})") from None
         except (RecursionError, MemoryError, SyntaxError, ValueError) as e:  # nested too deeply to compile
             raise TemplateCheckpointError(f"{self.origin}: the chat template cannot be compiled "
                                           f"({type(e).__name__}: {e})") from None
