@@ -169,7 +169,7 @@ def test_templates_run_sandboxed(tiny_qwen2, tmp_path):
         assert "tokenizer_config.json: the chat template tries to leave its sandbox" in str(e.value)
         assert words in str(e.value) and isinstance(e.value, CheckpointError)
     (directory / "chat_template.jinja").write_text("{% for m in messages %}\n{{ m.content %}")
-    with pytest.raises(TemplateCheckpointError, match=r"chat_template.jinja: the chat template is not valid jinja \(line"):
+    with pytest.raises(TemplateCheckpointError, match=r"chat_template.jinja: .* not valid jinja \(line 2"):
         Tokenizer(directory)
 
 
