@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from ..errors import Cancelled
 from . import hub
+from .model.cache import max_context
 from .model.device import get_backend
 from .model.forward import Model
 from .model.threads import resolve_threads
@@ -47,7 +48,8 @@ class LLM:
         ``int8``: float projections become int8 weight-only at load (``@cf/meta/llama-2-7b-chat-int8``).
         ``threads``: CPU threads for the kernels (default: the cores this process may use).
         """
-        return cls(Model.load(directory, device, int8, threads), Tokenizer(directory), name or str(directory))
+        model = Model.load(directory, device, int8, threads)
+        return cls(model, Tokenizer(directory, context=max_context(model.config)), name or str(directory))
 
     def run(self, inputs: dict, *, cancel: threading.Event | None = None,
             on_prefill: Callable[[int, int], None] | None = None):
