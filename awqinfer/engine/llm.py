@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 from ..errors import Cancelled
 from . import hub
+from .model.cache import check_kv_dtype, max_context
 from .model.device import get_backend
 from .model.forward import Model
-from .model.cache import check_kv_dtype
 from .model.kv_budget import KV_BUDGET
 from .model.threads import resolve_threads
 from .text.generate import Sequence, check_prompt
@@ -57,7 +57,8 @@ class LLM:
         ``max_batch``, ``max_queue``: the scheduler's bounds (see ``load``).
         """
         model = Model.load(directory, device, int8, threads, kv_dtype)
-        return cls(model, Tokenizer(directory), name or str(directory), max_batch, max_queue)
+        tokenizer = Tokenizer(directory, context=max_context(model.config))
+        return cls(model, tokenizer, name or str(directory), max_batch, max_queue)
 
     def run(self, inputs: dict, *, cancel: threading.Event | None = None,
             on_prefill: Callable[[int, int], None] | None = None):

@@ -16,20 +16,10 @@ from __future__ import annotations
 import threading
 
 from ...errors import InputError
+from .memory import available_bytes
 
-DEFAULT_SHARE = 0.5  # of the memory available when the budget is first used
-
-
-def memory_available() -> int:
-    """Bytes the kernel reports as available to new allocations (MemAvailable), or 4 GiB if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 1024**3
+DEFAULT_SHARE = 0.5  # of the memory available (memory.py) when the budget is first used
+FALLBACK_BYTES = 4 * 1024**3  # where nothing says how much memory there is
 
 
 def parse_bytes(text: str) -> int:
@@ -60,7 +50,7 @@ class KVBudget:
     def limit(self) -> int:
         """The budget in bytes (default: DEFAULT_SHARE of the memory available when first asked)."""
         if self._limit is None:
-            self._limit = int(memory_available() * DEFAULT_SHARE)
+            self._limit = int((available_bytes() or FALLBACK_BYTES) * DEFAULT_SHARE)
         return self._limit
 
     def set_limit(self, limit: int | str) -> None:
