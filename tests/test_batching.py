@@ -137,22 +137,29 @@ def test_the_scheduler_runs_the_same_steps_as_the_plain_loop(llm):
         assert scheduled == plain
 
 
+def wait_for(condition, seconds: float = 10) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_queue_bound_and_a_cancelled_slot(tmp_path):
     llm = awqinfer.load(make_model(tmp_path / "m", "llama"), max_batch=1, max_queue=1)
-    first = llm.run({"prompt": "a", "max_tokens": 200, "temperature": 1.0, "seed": 1, "stream": True})
-    next(first)  # running: the batch of 1 is full
-    second = llm.run({"prompt": "b", "max_tokens": 3, "temperature": 0, "stream": True})  # waits
-    time.sleep(0.2)
-    assert llm.scheduler.counts == (1, 1)
+    hold = threading.Event()  # keeps the engine inside the first request's prefill
+    first = llm.run({"prompt": "a", "max_tokens": 200, "temperature": 1.0, "seed": 1, "stream": True},
+                    on_prefill=lambda done, total: hold.wait(30))
+    wait_for(lambda: llm.scheduler.counts == (1, 0))  # admitted, and held in its prefill
+    second = llm.run({"prompt": "b", "max_tokens": 3, "temperature": 0, "stream": True})  # waits: the batch is full
+    wait_for(lambda: llm.scheduler.counts == (1, 1))
     with pytest.raises(QueueFull, match="max_queue 1"):
         llm.run({"prompt": "c", "max_tokens": 3})
     first.close()  # cancelling the running one frees its slot for the waiting one
+    hold.set()
     out = list(second)
     assert out[-1]["finish_reason"] in ("stop", "length")
-    deadline = time.monotonic() + 10
-    while llm.scheduler.counts != (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert llm.scheduler.counts == (0, 0)
+    wait_for(lambda: llm.scheduler.counts == (0, 0))
 
 
 def test_a_consumer_that_stops_reading_blocks_nobody(llm):
