@@ -14,6 +14,7 @@ of x come in segments, each belonging to one sequence's cache.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from .fast_decode import DecodeState, decode_tokens
 from .rope import cos_sin
 from .threads import resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
+
+LINEAR_INPUTS = ("qkv", "o_proj", "gate_up", "down_proj")  # decoder_layer's observations that feed a linear
 
 
 class Model:
@@ -74,20 +77,23 @@ class Model:
         device_zeros = None if self.backend is CPU else self.backend.zeros
         return KVCache(self.config, max_tokens, self.kv_dtype, device_zeros, wait=wait)
 
-    def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None) -> np.ndarray:
+    def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None,
+                observe=None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
         what generation needs, without a prompt-sized lm_head matmul. A single token
         on the CPU goes through the compiled step (fast_decode.py) unless ``fast``
         (default: ``self.fast``) is False; the code below is the reference.
+        ``observe(l, name, value)``, if given, sees what ``decoder_layer`` shows of each
+        layer ``l`` (engine/trace.py records it); it implies the readable code below.
         """
         ids = self._check(ids, cache)
-        if len(ids) == 1:
+        if len(ids) == 1 and observe is None:
             return self.forward_batch(ids, [cache], fast)
         use_threads(self.threads)
         cache.ensure(cache.pos + len(ids))
-        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)))
+        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), observe)
         cache.pos += len(ids)
         return self._logits(x[-1:] if last_only else x)
 
@@ -117,14 +123,17 @@ class Model:
         c = self.config
         return c.rope, c.head_dim, c.max_position_embeddings
 
-    def _layers(self, ids: np.ndarray, segments: list, angles: tuple) -> np.ndarray:
-        """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows)."""
+    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, observe=None) -> np.ndarray:
+        """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows).
+
+        ``observe(l, name, value)``: decoder_layer's observations, with the layer's index.
+        """
         c, w, ops = self.config, self.weights, self.backend
         cos, sin = (ops.to_device(a) for a in angles)
         x = ops.to_device(w.embed(ids))  # (T, H), the residual stream
         for l, layer in enumerate(w.layers):
             decoder_layer(ops, c, layer, x, [(cache.k[l], cache.v[l], start, rows) for cache, start, rows in segments],
-                          cos, sin)
+                          cos, sin, None if observe is None else partial(observe, l))
         return x
 
     def _logits(self, x) -> np.ndarray:
@@ -199,12 +208,20 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     segments: which rows of x belong to which sequence, as (k_cache, v_cache, start, rows):
     that sequence's cache of this layer (KV, S, D), where its rows' positions start, and
     the slice of rows. A prompt is one segment of T rows; a decode batch, B segments of one
-    row. cos, sin (T, D/2): each row's rotary angles. ``observe(name, input)``, if given,
-    sees the input of each linear ('qkv', 'o_proj', 'gate_up', 'down_proj') before it is
-    applied: the quantizer calibrates on these.
+    row. cos, sin (T, D/2): each row's rotary angles.
+
+    ``observe(name, value)``, if given, is called at each point of the layer, in this order:
+    'residual_in' (x entering), 'qkv' (the input of that linear), 'qkv_rotated' (q and k
+    rotated, v; the caches now hold every row's k and v), 'o_proj' (its input, the
+    attention's output), 'residual_mid' (x after the attention block), 'gate_up',
+    'down_proj' (their inputs), 'residual_out' (x leaving). The quantizer calibrates on
+    the LINEAR_INPUTS; engine/trace.py reports them all. Values are live arrays: copy
+    what you keep.
     """
     T = x.shape[0]
     h = ops.empty(x.shape)
+    if observe:
+        observe("residual_in", x)
     # attention block
     ops.rmsnorm(x, layer.input_norm, c.rms_norm_eps, h)
     if observe:
@@ -216,8 +233,11 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
         ops.store_kv(qkv[rows], k_cache, v_cache, start, c.num_attention_heads)
         ops.attention(qkv[rows], k_cache, v_cache, start, c.num_attention_heads, attn[rows])
     if observe:
+        observe("qkv_rotated", qkv)
         observe("o_proj", attn)
     ops.add_(x, layer.o_proj(attn))
+    if observe:
+        observe("residual_mid", x)
     # MLP block
     ops.rmsnorm(x, layer.post_norm, c.rms_norm_eps, h)
     if observe:
@@ -227,3 +247,5 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if observe:
         observe("down_proj", gate)
     ops.add_(x, layer.down_proj(gate))
+    if observe:
+        observe("residual_out", x)

@@ -131,19 +131,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def probabilities(logits, history: History, params: SamplingParams) -> np.ndarray:
-    """The distribution the next token is drawn from: every step above, in transformers' order."""
+def probabilities(logits, history: History, params: SamplingParams, observe=None) -> np.ndarray:
+    """The distribution the next token is drawn from: every step above, in transformers' order.
+
+    ``observe(step, value)``, if given, sees the logits after each step, named after its
+    function ('logits' first: the model's own), then the probabilities ('softmax', or
+    'greedy' at temperature 0). A step that is off returns its input itself (``is``).
+    engine/trace.py shows a token's way through them.
+    """
+    note = observe or (lambda step, value: None)
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    note("logits", x)
     x = repetition_penalty(x, history.seen, params.repetition_penalty)
+    note("repetition_penalty", x)
     x = frequency_presence_penalty(x, history.counts, params.frequency_penalty, params.presence_penalty)
+    note("frequency_presence_penalty", x)
     if params.temperature == 0:
         greedy = np.zeros_like(x)
         greedy[int(np.argmax(x))] = 1.0
+        note("greedy", greedy)
         return greedy
     x = temperature_scale(x, params.temperature)
+    note("temperature_scale", x)
     x = top_k_filter(x, params.top_k)
+    note("top_k_filter", x)
     x = top_p_filter(x, params.top_p)
-    return softmax(x)
+    note("top_p_filter", x)
+    probs = softmax(x)
+    note("softmax", probs)
+    return probs
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
@@ -153,6 +169,10 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(index, np.flatnonzero(probs)[-1]))  # (u * total can round up to total, once in 2**53)
 
 
-def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator) -> int:
-    """The sampler: process the last logits, then draw with the run's seeded generator."""
-    return draw(probabilities(logits, history, params), rng)
+def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator,
+               observe=None) -> int:
+    """The sampler: process the last logits, then draw with the run's seeded generator.
+
+    ``observe``: see ``probabilities``.
+    """
+    return draw(probabilities(logits, history, params, observe), rng)
