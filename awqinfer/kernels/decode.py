@@ -25,7 +25,13 @@ Each step mirrors ``decoder_layer`` line for line and calls the very same kernel
 Weights arrive by name: ``Layers`` holds the four projections, each an ``AwqStack``
 or a ``DenseStack`` over all layers (arrays (L, ...)); ``project`` is compiled once
 per format, so AWQ, dense and mixed models of either architecture share this code.
-The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact f32 rescoring).
+The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact rescoring).
+
+Where it differs from the reference: AWQ projections and the Int8Head take their input
+quantized to int8 per 64 values (kernels/qdot.py, integer dot products: the 4-bit GEMV
+is otherwise bound by unpacking, not memory). That moves each output by ~0.5% relative;
+the Int8Head recomputes its top RESCORE logits exactly, so greedy tokens keep the
+reference's argmax whenever the screen's top RESCORE holds it.
 
 Parallel work (``prange``, both cores): the matrix-vector products (row chunks) and
 the attention (KV heads x position chunks, merged flash-decoding style). The small
@@ -41,23 +47,27 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .activations import add_, silu_mul
 from .attention import store_kv
-from .awq import GEMV_CHUNKS, awq_matvec, awq_prepare_input
+from .awq import GEMV_CHUNKS
 from .dense import dense_gemv
-from .int8 import int8_gemv
 from .norm import rmsnorm
+from .qdot import ACT_BLOCK, awq_matvec_q8, int8_matvec_q8, quantize_rows
 from .rope import apply_rope
+from .simd import f32_from_bits, half_to_f32
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
 
 
 class AwqStack(NamedTuple):
-    """One AWQ projection of every layer, in the kernel layout (kernels/awq.py)."""
+    """One AWQ projection of every layer, in the kernel layout (kernels/awq.py); K a multiple of 64, groups of 32 or 64k.
+
+    Applied with int8 activations (kernels/qdot.py): ~0.5% relative error per output against f32.
+    """
 
     qweight: np.ndarray  # (L, N, K/8) int32
     scales: np.ndarray  # (L, N, G) f32
@@ -82,17 +92,23 @@ class Layers(NamedTuple):
 
 
 class DenseHead(NamedTuple):
-    """The lm_head as f32 rows: logits = weight @ h."""
+    """The lm_head as f32 rows: logits = weight @ h, exactly the readable forward's."""
 
     weight: np.ndarray  # (V, H) f32
 
 
 class Int8Head(NamedTuple):
-    """The lm_head screened in int8 (a quarter of the bytes), its top RESCORE rows recomputed in f32."""
+    """The lm_head screened in int8 (int8 activations too), its top RESCORE rows recomputed exactly.
 
-    weight: np.ndarray  # (V, H) f32
-    q8: np.ndarray  # (V, H) int8
-    scales: np.ndarray  # (V,) f32
+    The argmax and the top RESCORE logits are the reference's (computed from the same rows as
+    the readable forward's lm_head, widened from ``rows``); the other logits carry the int8
+    rounding of weights and activations (~1% relative).
+    """
+
+    q8: np.ndarray  # (V, H) int8, columns in kernel order (kernels/qdot.py)
+    scales: np.ndarray  # (V,) f32 per vocabulary row
+    rows: np.ndarray  # (V, H) the exact rows: f32, or IEEE half (f16) / bfloat16 bits as uint16
+    bf16: bool  # with uint16 rows: bfloat16 (else f16)
     best: np.ndarray  # (RESCORE,) int64 scratch: the candidates' ids
 
 
@@ -105,9 +121,9 @@ class Scratch(NamedTuple):
     mlp: np.ndarray  # (2I,) f32: gate | up
     act: np.ndarray  # (I,) f32: silu(gate) * up
     proj: np.ndarray  # (H,) f32: o_proj or down_proj output
-    xp: np.ndarray  # (K_max,) f32: the AWQ GEMV's input laid out by nibble
-    xsum: np.ndarray  # (G_max,) f32: the input's group sums
-    dots: np.ndarray  # (GEMV_CHUNKS * (K_max/8 + 1),) f32: per-chunk word dots
+    xq: np.ndarray  # (K_max,) int8: a projection's input quantized, in kernel order (kernels/qdot.py)
+    xscale: np.ndarray  # (K_max / 64,) f32: its per-block scales
+    xbsum: np.ndarray  # (K_max / 32,) f32: its sums per half block
     scores: np.ndarray  # (n_heads, S) f32: attention scores over the cache
     o_part: np.ndarray  # (n_heads, C, D) f32: each position chunk's partial output
     m_part: np.ndarray  # (n_heads, C) f32: its running max
@@ -180,12 +196,13 @@ def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
 
 
 @njit(cache=True, fastmath=True)
-def rescore_top(h, weight, logits, best):
-    """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . weight[n] for those n.
+def rescore_top(h, rows, bf16, logits, best):
+    """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . rows[n] for those n.
 
-    h (H,) f32; weight (V, H) f32; logits (V,) f32, approximate on entry; best (R,) int64 scratch.
-    An int8 lm_head then leaves the argmax (and every top-R logit) as the f32 head computes
-    it, as long as the f32 winner is among the int8 head's top R.
+    h (H,) f32; rows (V, H) f32 or 16-bit float bits (uint16, ``bf16`` says which); logits (V,) f32,
+    approximate on entry; best (R,) int64 scratch. An int8 lm_head then leaves the argmax (and
+    every top-R logit) as the exact head computes it, as long as the exact winner is among the
+    int8 head's top R.
     """
     n_best = best.shape[0]
     for r in range(n_best):
@@ -201,11 +218,28 @@ def rescore_top(h, weight, logits, best):
                 if logits[best[r]] < logits[best[worst]]:
                     worst = r
     for r in range(n_best):
-        row = weight[best[r]]
+        exact = rows[best[r]]
         acc = np.float32(0.0)
         for i in range(h.shape[0]):
-            acc += h[i] * row[i]
+            acc += h[i] * widen(exact[i], bf16)
         logits[best[r]] = acc
+
+
+def widen(value, bf16):
+    """One stored lm_head weight as f32: f32 as is; uint16 bits as bfloat16 if ``bf16``, else as IEEE half."""
+
+
+@overload(widen)
+def _widen(value, bf16):
+    if value == types.float32:
+        return lambda value, bf16: value
+    if value == types.uint16:
+        def from_bits(value, bf16):
+            if bf16:
+                return f32_from_bits(np.uint32(value) << np.uint32(16))
+            return half_to_f32(value)
+        return from_bits
+    return None
 
 
 def project(x, proj, layer, scratch, out):
@@ -220,13 +254,9 @@ def _project(x, proj, layer, scratch, out):
     kind = getattr(proj, "instance_class", None)
     if kind is AwqStack:
         def awq(x, proj, layer, scratch, out):
-            n_words = proj.qweight.shape[2]
-            n_groups = proj.scales.shape[2]
-            xp = scratch.xp[: 8 * n_words].reshape((8, n_words))
-            xsum = scratch.xsum[:n_groups]
-            dots = scratch.dots[: GEMV_CHUNKS * n_words].reshape((GEMV_CHUNKS, n_words))
-            awq_prepare_input(x, xp, xsum)
-            awq_matvec(xp, xsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], dots, out)
+            xq, xscale, xbsum = quantized(x, scratch)
+            awq_matvec_q8(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], row(out),
+                          GEMV_CHUNKS)
             _add_bias(out, proj.bias[layer])
         return awq
     if kind is DenseStack:
@@ -238,26 +268,44 @@ def _project(x, proj, layer, scratch, out):
 
 
 @njit(inline="always")
+def row(v):
+    """A 1-D array as a (1, n) view: the kernels of decoder_layer and qdot.py take T or B rows, here 1."""
+    return v.reshape((1, v.shape[0]))
+
+
+@njit(inline="always")
+def quantized(x, scratch):
+    """x (K,) f32 quantized into the scratch (kernels/qdot.py): xq (1, K) int8, xscale (1, K/64), xbsum (1, K/32) f32."""
+    k = x.shape[0]
+    xq = row(scratch.xq[:k])
+    xscale = row(scratch.xscale[: k // ACT_BLOCK])
+    xbsum = row(scratch.xbsum[: 2 * k // ACT_BLOCK])
+    quantize_rows(row(x), xq, xscale, xbsum)
+    return xq, xscale, xbsum
+
+
+@njit(inline="always")
 def _add_bias(out, bias):
     for i in range(out.shape[0]):
         out[i] += bias[i]
 
 
-def head_logits(h, head, logits):
+def head_logits(h, head, scratch, logits):
     """logits (V,) f32 = lm_head @ h for h (H,) f32, through a DenseHead or an Int8Head."""
 
 
 @overload(head_logits)
-def _head_logits(h, head, logits):
+def _head_logits(h, head, scratch, logits):
     kind = getattr(head, "instance_class", None)
     if kind is DenseHead:
-        def dense(h, head, logits):
+        def dense(h, head, scratch, logits):
             dense_gemv(h, head.weight, logits)
         return dense
     if kind is Int8Head:
-        def screened(h, head, logits):
-            int8_gemv(h, head.q8, head.scales, logits)
-            rescore_top(h, head.weight, logits, head.best)
+        def screened(h, head, scratch, logits):
+            xq, xscale, _ = quantized(h, scratch)
+            int8_matvec_q8(xq, xscale, head.q8, head.scales, row(logits), GEMV_CHUNKS)
+            rescore_top(h, head.rows, head.bf16, logits, head.best)
         return screened
     return None
 
@@ -275,7 +323,6 @@ def decode_step(x, layers, norms, final_norm, head, k_cache, v_cache, pos, cos, 
     n_layers, n_kv, _, dim = k_cache.shape
     q_size = n_heads * dim
     s = scratch
-    row = lambda v: v.reshape((1, v.shape[0]))  # the (T, ...) kernels of decoder_layer take T = 1
     for l in range(n_layers):
         # attention block
         rmsnorm(row(x), norms[l, 0], eps, row(s.h))
@@ -294,4 +341,4 @@ def decode_step(x, layers, norms, final_norm, head, k_cache, v_cache, pos, cos, 
         project(s.act, layers.down_proj, l, s, s.proj)
         add_(row(x), row(s.proj))
     rmsnorm(row(x), final_norm, eps, row(s.h))
-    head_logits(s.h, head, logits)
+    head_logits(s.h, head, s, logits)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...kernels.awq import GEMV_CHUNKS
 from ...kernels.decode import ATTN_CHUNK, RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, \
     decode_step
+from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
-from .linear import AwqLinear, DenseLinear, Linear, quantize_int8
+from .linear import AwqLinear, DenseLinear, Embedding, Linear, quantize_int8
 from .rope import cos_sin
 from .weights import ModelWeights
 
@@ -28,13 +28,13 @@ class DecodeState:
     """What ``decode_step`` reads besides the cache: stacked weights by name, and scratch buffers."""
 
     def __init__(self, config: ModelConfig, layers: Layers, norms: np.ndarray, final_norm: np.ndarray,
-                 head: DenseHead | Int8Head, embed):
+                 head: DenseHead | Int8Head, embed, lm_head_int8: bool):
         c = self.config = config
         self.layers = layers
         self.norms = norms  # (L, 2, H) f32
         self.final_norm = final_norm  # (H,) f32
         self.head = head
-        self.lm_head_int8 = isinstance(head, Int8Head)
+        self.lm_head_int8 = lm_head_int8  # as asked: a hidden size not a multiple of 64 keeps the DenseHead
         self.embed = embed  # Embedding: ids -> (T, H) f32
         self.x = np.zeros(c.hidden_size, np.float32)  # the residual stream
         self.logits = np.zeros(c.vocab_size, np.float32)
@@ -42,38 +42,37 @@ class DecodeState:
         self.scratch = self._scratch(0)
 
     @classmethod
-    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = False) -> "DecodeState | None":
+    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = True) -> "DecodeState | None":
         """The state for ``weights``, or None when they are not in a layout decode_step takes.
 
-        ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
-        vocabulary row), a quarter of the bytes of the largest matrix of a small model, then
-        recompute the top RESCORE logits from the f32 rows: the argmax and the top logits are
-        the reference's, the others differ by the int8 rounding (~0.5%).
+        ``lm_head_int8`` (the default): read logits from an int8 copy of the lm_head (one scale
+        per vocabulary row; a quarter of the bytes of f32, the largest matrix of a small model)
+        with int8 activations, then recompute the top RESCORE logits from the exact rows: the
+        argmax and the top logits are the reference's, the others carry the int8 rounding (~1%).
+        False: the f32 lm_head, every logit as the readable forward computes it.
         """
         stacks = [_stack(weights.stacks[name]) for name in Layers._fields]
         head = weights.lm_head
         if None in stacks or type(head) is not DenseLinear or head.bias is not None or \
                 not head.weight.flags.c_contiguous:
             return None
-        if lm_head_int8:
-            q8, scales = quantize_int8(head.weight)
-            head_tuple = Int8Head(head.weight, q8, scales, np.zeros(min(RESCORE, config.vocab_size), np.int64))
+        if lm_head_int8 and config.hidden_size % ACT_BLOCK == 0:
+            head_tuple = _int8_head(head.weight, weights.embed if config.tie_word_embeddings else None)
         else:
             head_tuple = DenseHead(head.weight)
-        return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed)
+        return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed, lm_head_int8)
 
     def _scratch(self, capacity: int) -> Scratch:
         """Every intermediate of a step, the attention's sized for ``capacity`` cache positions."""
         c = self.config
         H, I, heads = c.hidden_size, c.intermediate_size, c.num_attention_heads
         k_max = max(H, c.q_size, I)
-        g_max = max([s.scales.shape[2] for s in self.layers if isinstance(s, AwqStack)] + [1])
         chunks = (capacity + ATTN_CHUNK - 1) // ATTN_CHUNK
         f32 = lambda *shape: np.zeros(shape, np.float32)
         return Scratch(h=f32(H), qkv=f32(c.q_size + 2 * c.kv_size), attn=f32(c.q_size), mlp=f32(2 * I), act=f32(I),
-                       proj=f32(H), xp=f32(k_max), xsum=f32(g_max), dots=f32(GEMV_CHUNKS * (k_max // 8 + 1)),
-                       scores=f32(heads, capacity), o_part=f32(heads, chunks, c.head_dim), m_part=f32(heads, chunks),
-                       l_part=f32(heads, chunks))
+                       proj=f32(H), xq=np.zeros(k_max, np.int8), xscale=f32(k_max // ACT_BLOCK),
+                       xbsum=f32(2 * k_max // ACT_BLOCK), scores=f32(heads, capacity),
+                       o_part=f32(heads, chunks, c.head_dim), m_part=f32(heads, chunks), l_part=f32(heads, chunks))
 
     def scratch_for(self, capacity: int) -> Scratch:
         """The scratch, regrown when a cache of ``capacity`` positions outgrows its attention buffers."""
@@ -100,9 +99,31 @@ def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarr
     return state.logits[None, :].copy()
 
 
+def _int8_head(weight: np.ndarray, embed: Embedding | None) -> Int8Head:
+    """The Int8Head of an f32 lm_head (V, H); a tied one rescores from the embedding table as stored.
+
+    The table's f16/bf16 rows widen to exactly the f32 rows the readable forward uses, without
+    keeping an f32 copy for the fast path.
+    """
+    q8, scales = quantize_int8(weight)
+    rows, bf16 = weight, False
+    if embed is not None and embed.table.dtype in (np.float16, np.uint16) and embed.table.flags.c_contiguous:
+        rows, bf16 = embed.table.view(np.uint16), embed.bf16
+    best = np.zeros(min(RESCORE, weight.shape[0]), np.int64)
+    return Int8Head(to_kernel_order(q8), scales, rows, bf16, best)
+
+
 def _stack(linear: Linear) -> AwqStack | DenseStack | None:
-    """A stacked Linear (arrays (L, ...)) -> decode_step's named stack, or None for a format it lacks."""
+    """A stacked Linear (arrays (L, ...)) -> decode_step's named stack, or None for a format it lacks.
+
+    AWQ needs K a multiple of 64 and groups of 32 or a multiple of 64 inputs: the int8 activations'
+    blocks of 64 (kernels/qdot.py) hold two whole groups or lie inside one.
+    """
     if type(linear) is AwqLinear:
+        n_groups, n_words = linear.scales.shape[-1], linear.qweight.shape[-1]
+        n_blocks = n_words // 8
+        if n_words % 8 or not (n_groups == 2 * n_blocks or n_blocks % n_groups == 0):
+            return None
         arrays = (linear.qweight, linear.scales, linear.szeros)
         kind = AwqStack
     elif type(linear) is DenseLinear:

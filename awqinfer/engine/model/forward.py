@@ -37,7 +37,7 @@ class Model:
         self.weights = backend.upload(weights)
         self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels (threads.py)
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
-        self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
+        self.fast_lm_head_int8 = True  # decode_one_token screens logits with an int8 lm_head (False: f32, every logit exact)
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
 
