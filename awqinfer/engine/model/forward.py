@@ -12,6 +12,7 @@ same KVCache, whose fill level is the position of the next token.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .cache import KVCache
 from .device import get_backend
 from .fast_decode import DecodeState, decode_one_token
 from .rope import cos_sin
-from .threads import resolve_threads, use_threads
+from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
 
 
@@ -35,7 +36,8 @@ class Model:
         self.config = config
         self.backend = backend
         self.weights = backend.upload(weights)
-        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels (threads.py)
+        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels: at most this many
+        self.thread_chooser = ThreadChooser(self.threads) if threads is None else None  # None: always self.threads
         self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
         self.fast_lm_head_int8 = True  # decode_one_token screens logits with an int8 lm_head (False: f32, every logit exact)
         self._decode_state = None  # built on first use; False when the weights do not allow it
@@ -49,7 +51,7 @@ class Model:
         ``threads``: CPU threads for the kernels (default: the cores this process may use).
         """
         backend = get_backend(device)
-        threads = resolve_threads(threads)  # a bad value is an error before any file is read
+        resolve_threads(threads)  # a bad value is an error before any file is read
         config = ModelConfig.load(directory)
         return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads)
 
@@ -66,10 +68,12 @@ class Model:
         unless ``fast`` (default: ``self.fast``) is False; the code below is the reference.
         """
         ids = self._check(ids, cache)
-        use_threads(self.threads)
+        chooser = self.thread_chooser
+        use_threads(chooser.best if chooser else self.threads)
         if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
             with self._decode_lock:  # its scratch buffers serve one call at a time
-                return decode_one_token(self._decode_state, int(ids[0]), cache)
+                return self._decode_timed(int(ids[0]), cache) if chooser else \
+                    decode_one_token(self._decode_state, int(ids[0]), cache)
         c, w, ops = self.config, self.weights, self.backend
         start = cache.pos
         cos, sin = (ops.to_device(a) for a in cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, len(ids)))
@@ -82,6 +86,15 @@ class Model:
         h = ops.empty(x.shape)
         ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
         return ops.to_host(w.lm_head(h))
+
+    def _decode_timed(self, token: int, cache: KVCache) -> np.ndarray:
+        """decode_one_token with the thread count the chooser asks for, the step's time reported back."""
+        threads = self.thread_chooser.next()
+        use_threads(threads)
+        start = time.perf_counter()
+        logits = decode_one_token(self._decode_state, token, cache)
+        self.thread_chooser.record(threads, time.perf_counter() - start)
+        return logits
 
     def _fast_state(self) -> bool:
         """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
