@@ -27,11 +27,12 @@ or a ``DenseStack`` over all layers (arrays (L, ...)); ``project`` is compiled o
 per format, so AWQ, dense and mixed models of either architecture share this code.
 The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact rescoring).
 
-Where it differs from the reference: AWQ projections and the Int8Head take their input
-quantized to int8 per 64 values (kernels/qdot.py, integer dot products: the 4-bit GEMV
-is otherwise bound by unpacking, not memory). That moves each output by ~0.5% relative;
-the Int8Head recomputes its top RESCORE logits exactly, so greedy tokens keep the
-reference's argmax whenever the screen's top RESCORE holds it.
+Where it differs from the reference: AWQ projections take their input in 15-bit fixed
+point per 64 values (kernels/qdot.py, integer dot products: the 4-bit GEMV is otherwise
+bound by unpacking, not memory), which moves each output by ~3e-5 relative; the Int8Head
+screens with int8 weights and activations (~1%) and recomputes its top RESCORE logits
+exactly, so greedy tokens keep the reference's argmax whenever the screen's top RESCORE
+holds it.
 
 Parallel work (``prange``, both cores): the matrix-vector products (row chunks) and
 the attention (KV heads x position chunks, merged flash-decoding style). The small
@@ -55,7 +56,7 @@ from .attention import store_kv
 from .awq import GEMV_CHUNKS
 from .dense import dense_gemv
 from .norm import rmsnorm
-from .qdot import ACT_BLOCK, awq_matvec_q8, int8_matvec_q8, quantize_rows
+from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
 from .simd import f32_from_bits, half_to_f32
 
@@ -66,7 +67,7 @@ RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32
 class AwqStack(NamedTuple):
     """One AWQ projection of every layer, in the kernel layout (kernels/awq.py); K a multiple of 64, groups of 32 or 64k.
 
-    Applied with int8 activations (kernels/qdot.py): ~0.5% relative error per output against f32.
+    Applied to fixed-point activations (kernels/qdot.py): ~3e-5 relative error per output against f32.
     """
 
     qweight: np.ndarray  # (L, N, K/8) int32
@@ -98,7 +99,7 @@ class DenseHead(NamedTuple):
 
 
 class Int8Head(NamedTuple):
-    """The lm_head screened in int8 (int8 activations too), its top RESCORE rows recomputed exactly.
+    """The lm_head screened in int8 (weights and activations), its top RESCORE rows recomputed exactly.
 
     The argmax and the top RESCORE logits are the reference's (computed from the same rows as
     the readable forward's lm_head, widened from ``rows``); the other logits carry the int8
@@ -121,7 +122,7 @@ class Scratch(NamedTuple):
     mlp: np.ndarray  # (2I,) f32: gate | up
     act: np.ndarray  # (I,) f32: silu(gate) * up
     proj: np.ndarray  # (H,) f32: o_proj or down_proj output
-    xq: np.ndarray  # (K_max,) int8: a projection's input quantized, in kernel order (kernels/qdot.py)
+    xq: np.ndarray  # (2 K_max,) int8: a projection's input in fixed point, two digits in kernel order (kernels/qdot.py)
     xscale: np.ndarray  # (K_max / 64,) f32: its per-block scales
     xbsum: np.ndarray  # (K_max / 32,) f32: its sums per half block
     scores: np.ndarray  # (n_heads, S) f32: attention scores over the cache
@@ -255,7 +256,7 @@ def _project(x, proj, layer, scratch, out):
     if kind is AwqStack:
         def awq(x, proj, layer, scratch, out):
             xq, xscale, xbsum = quantized(x, scratch)
-            awq_matvec_q8(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], row(out),
+            awq_matvec_q(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], row(out),
                           GEMV_CHUNKS)
             _add_bias(out, proj.bias[layer])
         return awq
@@ -275,9 +276,9 @@ def row(v):
 
 @njit(inline="always")
 def quantized(x, scratch):
-    """x (K,) f32 quantized into the scratch (kernels/qdot.py): xq (1, K) int8, xscale (1, K/64), xbsum (1, K/32) f32."""
+    """x (K,) f32 converted into the scratch (kernels/qdot.py): xq (1, 2, K) int8, xscale (1, K/64), xbsum (1, K/32) f32."""
     k = x.shape[0]
-    xq = row(scratch.xq[:k])
+    xq = scratch.xq[: 2 * k].reshape((1, 2, k))
     xscale = row(scratch.xscale[: k // ACT_BLOCK])
     xbsum = row(scratch.xbsum[: 2 * k // ACT_BLOCK])
     quantize_rows(row(x), xq, xscale, xbsum)
@@ -304,7 +305,7 @@ def _head_logits(h, head, scratch, logits):
     if kind is Int8Head:
         def screened(h, head, scratch, logits):
             xq, xscale, _ = quantized(h, scratch)
-            int8_matvec_q8(xq, xscale, head.q8, head.scales, row(logits), GEMV_CHUNKS)
+            int8_matvec_q(xq, xscale, head.q8, head.scales, row(logits), GEMV_CHUNKS)
             rescore_top(h, head.rows, head.bf16, logits, head.best)
         return screened
     return None

@@ -12,6 +12,7 @@ equivalent), so these few operations are written as LLVM IR through
     madd_u8s8(u, s) -> I16x16           vpmaddubsw: u8 x s8, adjacent pairs summed (saturating)
     add_i16(a, b), add_i32(a, b)        lane-wise sums
     madd_pairs(v) -> I32x8              vpmaddwd with ones: adjacent i16 pairs summed to i32
+    madd_pairs_x128(v) -> I32x8         the same times 128 (vpmaddwd with 128s)
     abs_i8(v), sign_i8(v, s)            |v| and v * sign(s) (llama.cpp's s8 x s8 trick)
     scale_add(acc, d, s0, s1) -> F32x8  acc + float(d) * s, s = s0 in lanes 0-3, s1 in lanes 4-7
     zeros_f32x8(), hsum(v)               eight f32 zeros; the sum of an F32x8's lanes
@@ -115,13 +116,18 @@ def madd_u8s8(typingctx, u, s):
     return I16x16(u, s), codegen
 
 
-@intrinsic
-def madd_pairs(typingctx, v):
-    """vpmaddwd with ones: lane i = v[2i] + v[2i+1] as i32."""
-    def codegen(context, builder, sig, args):
-        ones = ir.Constant(I16x16.llvm(), [1] * 16)
-        return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8, [args[0], ones], [I16x16, I16x16])
-    return I32x8(v), codegen
+def _madd_by(k: int):
+    @intrinsic
+    def madd(typingctx, v):
+        def codegen(context, builder, sig, args):
+            factor = ir.Constant(I16x16.llvm(), [k] * 16)
+            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8, [args[0], factor], [I16x16, I16x16])
+        return I32x8(v), codegen
+    return madd
+
+
+madd_pairs = _madd_by(1)  # vpmaddwd with ones: lane i = v[2i] + v[2i+1] as i32
+madd_pairs_x128 = _madd_by(128)  # the same times 128, in the same one instruction
 
 
 def _lanewise(op: str, vec: Vec):

@@ -70,7 +70,7 @@ class DecodeState:
         chunks = (capacity + ATTN_CHUNK - 1) // ATTN_CHUNK
         f32 = lambda *shape: np.zeros(shape, np.float32)
         return Scratch(h=f32(H), qkv=f32(c.q_size + 2 * c.kv_size), attn=f32(c.q_size), mlp=f32(2 * I), act=f32(I),
-                       proj=f32(H), xq=np.zeros(k_max, np.int8), xscale=f32(k_max // ACT_BLOCK),
+                       proj=f32(H), xq=np.zeros(2 * k_max, np.int8), xscale=f32(k_max // ACT_BLOCK),
                        xbsum=f32(2 * k_max // ACT_BLOCK), scores=f32(heads, capacity),
                        o_part=f32(heads, chunks, c.head_dim), m_part=f32(heads, chunks), l_part=f32(heads, chunks))
 
