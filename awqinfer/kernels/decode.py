@@ -54,11 +54,10 @@ from numba.extending import overload
 from .activations import add_, silu_mul
 from .attention import store_kv
 from .awq import GEMV_CHUNKS
-from .dense import dense_gemv
+from .dense import dense_gemv, half_gemv, widen
 from .norm import rmsnorm
 from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
-from .simd import f32_from_bits, half_to_f32
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
@@ -93,9 +92,10 @@ class Layers(NamedTuple):
 
 
 class DenseHead(NamedTuple):
-    """The lm_head as f32 rows: logits = weight @ h, exactly the readable forward's."""
+    """The lm_head as stored: logits = rows @ h, exactly the readable forward's."""
 
-    weight: np.ndarray  # (V, H) f32
+    rows: np.ndarray  # (V, H) f32, or IEEE half (f16) / bfloat16 bits as uint16
+    bf16: bool  # with uint16 rows: bfloat16 (else f16)
 
 
 class Int8Head(NamedTuple):
@@ -226,23 +226,6 @@ def rescore_top(h, rows, bf16, logits, best):
         logits[best[r]] = acc
 
 
-def widen(value, bf16):
-    """One stored lm_head weight as f32: f32 as is; uint16 bits as bfloat16 if ``bf16``, else as IEEE half."""
-
-
-@overload(widen)
-def _widen(value, bf16):
-    if value == types.float32:
-        return lambda value, bf16: value
-    if value == types.uint16:
-        def from_bits(value, bf16):
-            if bf16:
-                return f32_from_bits(np.uint32(value) << np.uint32(16))
-            return half_to_f32(value)
-        return from_bits
-    return None
-
-
 def project(x, proj, layer, scratch, out):
     """out = x @ W^T + b for one token through layer ``layer`` of an AwqStack or a DenseStack.
 
@@ -298,10 +281,14 @@ def head_logits(h, head, scratch, logits):
 @overload(head_logits)
 def _head_logits(h, head, scratch, logits):
     kind = getattr(head, "instance_class", None)
-    if kind is DenseHead:
+    if kind is DenseHead and head.types[0].dtype == types.float32:
         def dense(h, head, scratch, logits):
-            dense_gemv(h, head.weight, logits)
+            dense_gemv(h, head.rows, logits)
         return dense
+    if kind is DenseHead:
+        def half(h, head, scratch, logits):
+            half_gemv(h, head.rows, head.bf16, logits)
+        return half
     if kind is Int8Head:
         def screened(h, head, scratch, logits):
             xq, xscale, _ = quantized(h, scratch)

@@ -19,9 +19,12 @@ from ...kernels.decode import ATTN_CHUNK, RESCORE, AwqStack, DenseHead, DenseSta
 from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
-from .linear import AwqLinear, DenseLinear, Embedding, Linear, quantize_int8
+from .linear import AwqLinear, DenseLinear, HalfLinear, Linear, quantize_int8
 from .rope import cos_sin
 from .weights import ModelWeights
+
+
+HEAD_SLAB = 4096  # lm_head rows quantized at a time when the int8 screen is built
 
 
 class DecodeState:
@@ -53,13 +56,15 @@ class DecodeState:
         """
         stacks = [_stack(weights.stacks[name]) for name in Layers._fields]
         head = weights.lm_head
-        if None in stacks or type(head) is not DenseLinear or head.bias is not None or \
-                not head.weight.flags.c_contiguous:
+        if None in stacks or type(head) not in (DenseLinear, HalfLinear) or head.bias is not None:
+            return None
+        rows, bf16 = (head.bits, head.bf16) if type(head) is HalfLinear else (head.weight, False)
+        if not rows.flags.c_contiguous:
             return None
         if lm_head_int8 and config.hidden_size % ACT_BLOCK == 0:
-            head_tuple = _int8_head(head.weight, weights.embed if config.tie_word_embeddings else None)
+            head_tuple = _int8_head(head, rows, bf16)
         else:
-            head_tuple = DenseHead(head.weight)
+            head_tuple = DenseHead(rows, bf16)
         return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed, lm_head_int8)
 
     def _scratch(self, capacity: int) -> Scratch:
@@ -99,18 +104,18 @@ def decode_one_token(state: DecodeState, token: int, cache: KVCache) -> np.ndarr
     return state.logits[None, :].copy()
 
 
-def _int8_head(weight: np.ndarray, embed: Embedding | None) -> Int8Head:
-    """The Int8Head of an f32 lm_head (V, H); a tied one rescores from the embedding table as stored.
+def _int8_head(head: DenseLinear | HalfLinear, rows: np.ndarray, bf16: bool) -> Int8Head:
+    """The Int8Head of an lm_head: int8 rows in kernel order, quantized a slab at a time (no full f32 copy).
 
-    The table's f16/bf16 rows widen to exactly the f32 rows the readable forward uses, without
-    keeping an f32 copy for the fast path.
+    The exact rescoring reads ``rows`` as stored: f32, or the f16/bf16 rows the readable forward widens.
     """
-    q8, scales = quantize_int8(weight)
-    rows, bf16 = weight, False
-    if embed is not None and embed.table.dtype in (np.float16, np.uint16) and embed.table.flags.c_contiguous:
-        rows, bf16 = embed.table.view(np.uint16), embed.bf16
-    best = np.zeros(min(RESCORE, weight.shape[0]), np.int64)
-    return Int8Head(to_kernel_order(q8), scales, rows, bf16, best)
+    n = head.out_features
+    q8, scales = np.empty((n, head.in_features), np.int8), np.empty(n, np.float32)
+    for lo in range(0, n, HEAD_SLAB):
+        hi = min(n, lo + HEAD_SLAB)
+        q, scales[lo:hi] = quantize_int8(head.rows(lo, hi) if type(head) is HalfLinear else head.weight[lo:hi])
+        q8[lo:hi] = to_kernel_order(q)
+    return Int8Head(q8, scales, rows, bf16, np.zeros(min(RESCORE, n), np.int64))
 
 
 def _stack(linear: Linear) -> AwqStack | DenseStack | None:
