@@ -43,6 +43,7 @@ from .simd import AVX2, abs_i8, add_i16, add_i32, hsum, load_bytes, madd_pairs, 
 ACT_BLOCK = 64  # inputs per activation scale: one 32-byte chunk of 4-bit weights
 DIGIT = 128  # v = DIGIT * hi + lo
 FIXED_MAX = 127 * DIGIT  # the largest |v|: hi stays within int8
+ROW_BLOCK = 16  # weight rows per block of the SIMD kernels (revisited from cache for activation rows 5-8, ...)
 
 
 def to_kernel_order(w: np.ndarray) -> np.ndarray:
@@ -91,12 +92,11 @@ def quantize_rows(x, xq, xscale, xbsum):
 
 
 @njit(inline="always")
-def _awq_block(acc, low, high, xb, c, xs, s_lo, s_hi):
-    """acc + chunk c's products, scaled: nibbles low/high (the 32 even, 32 odd inputs) x xb's block c.
+def _awq_block(acc, low, high, hi, lo, c, xs, s_lo, s_hi):
+    """acc + chunk c's products, scaled: nibbles low/high (the 32 even, 32 odd inputs) x block c of one row.
 
-    xb (2, K) int8: the hi and lo digits. Each i16 lane sums 4 products of at most 15 x 127: no overflow.
+    hi, lo (K,) int8: the row's digits. Each i16 lane sums 4 products of at most 15 x 127: no overflow.
     """
-    hi, lo = xb[0], xb[1]
     on_hi = add_i16(madd_u8s8(low, load_bytes(hi, 64 * c)), madd_u8s8(high, load_bytes(hi, 64 * c + 32)))
     on_lo = add_i16(madd_u8s8(low, load_bytes(lo, 64 * c)), madd_u8s8(high, load_bytes(lo, 64 * c + 32)))
     return scale_add(acc, add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), s_lo * xs, s_hi * xs)
@@ -104,42 +104,48 @@ def _awq_block(acc, low, high, xb, c, xs, s_lo, s_hi):
 
 @njit(cache=True, fastmath=True, nogil=True)
 def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
-    """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 rows at a time."""
+    """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 activation rows.
+
+    Rows go in blocks of ROW_BLOCK (in L1/L2 when a block is revisited for the next 4 activation rows).
+    """
     n_rows_b = xq.shape[0]
     n_chunks = qweight.shape[1] // 8  # chunks of 8 words = 32 bytes = 64 inputs
     split = scales.shape[1] == 2 * n_chunks  # groups of 32: each chunk's halves have their own scale
     per_step = 1 if split else n_chunks // scales.shape[1]  # chunks sharing one (pair of) scale(s)
-    for n in range(lo, hi):
-        row = qweight[n]
+    for n0 in range(lo, hi, ROW_BLOCK):
         for b0 in range(0, n_rows_b, 4):  # four activation rows per pass: four accumulators in registers
             m = min(4, n_rows_b - b0)
-            x0, x1, x2, x3 = xq[b0], xq[b0 + min(1, m - 1)], xq[b0 + min(2, m - 1)], xq[b0 + min(3, m - 1)]
-            a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-            z0 = z1 = z2 = z3 = np.float32(0.0)
-            for step in range(n_chunks // per_step):
-                g = 2 * step if split else step
-                h = g + 1 if split else g  # the group of each chunk's second half
-                s_lo, s_hi, sz_lo, sz_hi = scales[n, g], scales[n, h], szeros[n, g], szeros[n, h]
-                for c in range(step * per_step, (step + 1) * per_step):
-                    low, high = nibbles(load_bytes(row, 32 * c))
-                    a0 = _awq_block(a0, low, high, x0, c, xscale[b0, c], s_lo, s_hi)
-                    z0 += sz_lo * xbsum[b0, 2 * c] + sz_hi * xbsum[b0, 2 * c + 1]
-                    if m > 1:
-                        a1 = _awq_block(a1, low, high, x1, c, xscale[b0 + 1, c], s_lo, s_hi)
-                        z1 += sz_lo * xbsum[b0 + 1, 2 * c] + sz_hi * xbsum[b0 + 1, 2 * c + 1]
-                    if m > 2:
-                        a2 = _awq_block(a2, low, high, x2, c, xscale[b0 + 2, c], s_lo, s_hi)
-                        z2 += sz_lo * xbsum[b0 + 2, 2 * c] + sz_hi * xbsum[b0 + 2, 2 * c + 1]
-                    if m > 3:
-                        a3 = _awq_block(a3, low, high, x3, c, xscale[b0 + 3, c], s_lo, s_hi)
-                        z3 += sz_lo * xbsum[b0 + 3, 2 * c] + sz_hi * xbsum[b0 + 3, 2 * c + 1]
-            out[b0, n] = hsum(a0) - z0
-            if m > 1:
-                out[b0 + 1, n] = hsum(a1) - z1
-            if m > 2:
-                out[b0 + 2, n] = hsum(a2) - z2
-            if m > 3:
-                out[b0 + 3, n] = hsum(a3) - z3
+            r1, r2, r3 = b0 + min(1, m - 1), b0 + min(2, m - 1), b0 + min(3, m - 1)  # rows past B repeat the last
+            h0, h1, h2, h3 = xq[b0, 0], xq[r1, 0], xq[r2, 0], xq[r3, 0]
+            l0, l1, l2, l3 = xq[b0, 1], xq[r1, 1], xq[r2, 1], xq[r3, 1]
+            for n in range(n0, min(hi, n0 + ROW_BLOCK)):
+                row = qweight[n]
+                a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+                z0 = z1 = z2 = z3 = np.float32(0.0)
+                for step in range(n_chunks // per_step):
+                    g = 2 * step if split else step
+                    h = g + 1 if split else g  # the group of each chunk's second half
+                    s_lo, s_hi, sz_lo, sz_hi = scales[n, g], scales[n, h], szeros[n, g], szeros[n, h]
+                    for c in range(step * per_step, (step + 1) * per_step):
+                        low, high = nibbles(load_bytes(row, 32 * c))
+                        a0 = _awq_block(a0, low, high, h0, l0, c, xscale[b0, c], s_lo, s_hi)
+                        z0 += sz_lo * xbsum[b0, 2 * c] + sz_hi * xbsum[b0, 2 * c + 1]
+                        if m > 1:
+                            a1 = _awq_block(a1, low, high, h1, l1, c, xscale[b0 + 1, c], s_lo, s_hi)
+                            z1 += sz_lo * xbsum[b0 + 1, 2 * c] + sz_hi * xbsum[b0 + 1, 2 * c + 1]
+                        if m > 2:
+                            a2 = _awq_block(a2, low, high, h2, l2, c, xscale[b0 + 2, c], s_lo, s_hi)
+                            z2 += sz_lo * xbsum[b0 + 2, 2 * c] + sz_hi * xbsum[b0 + 2, 2 * c + 1]
+                        if m > 3:
+                            a3 = _awq_block(a3, low, high, h3, l3, c, xscale[b0 + 3, c], s_lo, s_hi)
+                            z3 += sz_lo * xbsum[b0 + 3, 2 * c] + sz_hi * xbsum[b0 + 3, 2 * c + 1]
+                out[b0, n] = hsum(a0) - z0
+                if m > 1:
+                    out[b0 + 1, n] = hsum(a1) - z1
+                if m > 2:
+                    out[b0 + 2, n] = hsum(a2) - z2
+                if m > 3:
+                    out[b0 + 3, n] = hsum(a3) - z3
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -198,34 +204,35 @@ def _int8_block(acc, u0, w0, u1, w1, x_hi, c, xs):
 
 @njit(cache=True, fastmath=True, nogil=True)
 def _int8_rows_simd(xq, xscale, q8, wscale, lo, hi, out):
-    """out[:, lo:hi] for the rows lo..hi-1 of int8 weights: s8 x s8 as |w| x (x * sign w), 4 rows a pass."""
+    """out[:, lo:hi] for the rows lo..hi-1 of int8 weights: s8 x s8 as |w| x (x * sign w), up to 4 rows a pass."""
     n_rows_b = xq.shape[0]
     n_blocks = q8.shape[1] // ACT_BLOCK
-    for n in range(lo, hi):
-        row = q8[n]
+    for n0 in range(lo, hi, ROW_BLOCK):
         for b0 in range(0, n_rows_b, 4):
             m = min(4, n_rows_b - b0)
             x0, x1, x2, x3 = xq[b0, 0], xq[b0 + min(1, m - 1), 0], xq[b0 + min(2, m - 1), 0], xq[b0 + min(3, m - 1), 0]
-            a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-            for c in range(n_blocks):
-                w0 = load_bytes(row, 64 * c)
-                w1 = load_bytes(row, 64 * c + 32)
-                u0, u1 = abs_i8(w0), abs_i8(w1)
-                a0 = _int8_block(a0, u0, w0, u1, w1, x0, c, xscale[b0, c])
+            for n in range(n0, min(hi, n0 + ROW_BLOCK)):
+                row = q8[n]
+                a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+                for c in range(n_blocks):
+                    w0 = load_bytes(row, 64 * c)
+                    w1 = load_bytes(row, 64 * c + 32)
+                    u0, u1 = abs_i8(w0), abs_i8(w1)
+                    a0 = _int8_block(a0, u0, w0, u1, w1, x0, c, xscale[b0, c])
+                    if m > 1:
+                        a1 = _int8_block(a1, u0, w0, u1, w1, x1, c, xscale[b0 + 1, c])
+                    if m > 2:
+                        a2 = _int8_block(a2, u0, w0, u1, w1, x2, c, xscale[b0 + 2, c])
+                    if m > 3:
+                        a3 = _int8_block(a3, u0, w0, u1, w1, x3, c, xscale[b0 + 3, c])
+                scale = wscale[n] * np.float32(DIGIT)
+                out[b0, n] = hsum(a0) * scale
                 if m > 1:
-                    a1 = _int8_block(a1, u0, w0, u1, w1, x1, c, xscale[b0 + 1, c])
+                    out[b0 + 1, n] = hsum(a1) * scale
                 if m > 2:
-                    a2 = _int8_block(a2, u0, w0, u1, w1, x2, c, xscale[b0 + 2, c])
+                    out[b0 + 2, n] = hsum(a2) * scale
                 if m > 3:
-                    a3 = _int8_block(a3, u0, w0, u1, w1, x3, c, xscale[b0 + 3, c])
-            scale = wscale[n] * np.float32(DIGIT)
-            out[b0, n] = hsum(a0) * scale
-            if m > 1:
-                out[b0 + 1, n] = hsum(a1) * scale
-            if m > 2:
-                out[b0 + 2, n] = hsum(a2) * scale
-            if m > 3:
-                out[b0 + 3, n] = hsum(a3) * scale
+                    out[b0 + 3, n] = hsum(a3) * scale
 
 
 @njit(cache=True, fastmath=True, nogil=True)

@@ -174,7 +174,7 @@ def scale_add(typingctx, acc, d, s_low, s_high):
     def codegen(context, builder, sig, args):
         t = F32x8.llvm()
         scales = builder.shuffle_vector(_splat(builder, args[2], t), _splat(builder, args[3], t),
-                                        ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 1, 2, 3, 8, 9, 10, 11]))
+                                        ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 1, 2, 3, 12, 13, 14, 15]))
         return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), scales))
     return F32x8(acc, d, types.float32, types.float32), codegen
 
