@@ -162,7 +162,7 @@ def test_half_gemm_and_gemv_widen_16_bit_weights_exactly(bf16, n_tokens):
     """A 16-bit lm_head kept as stored: the kernels equal numpy on the exactly widened f32 weights."""
     from awqinfer.engine.checkpoint.safetensors import widen
     from awqinfer.engine.model.linear import HalfLinear, stored_linear
-    from awqinfer.kernels.dense import half_gemm, half_gemv
+    from awqinfer.kernels.dense import dense_gemv, half_gemm
 
     rng = np.random.default_rng(n_tokens)
     w = rng.standard_normal((131, 96)).astype(np.float32)
@@ -176,7 +176,7 @@ def test_half_gemm_and_gemv_widen_16_bit_weights_exactly(bf16, n_tokens):
     half_gemm(x, bits, bf16, out)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     one = np.full(131, np.nan, np.float32)
-    half_gemv(x[0], bits, bf16, one)
+    dense_gemv(x[0], bits, one, bf16)
     np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
     linear = stored_linear(bits if bf16 else bits.view(np.float16), bf16)
     assert isinstance(linear, HalfLinear) and np.shares_memory(linear.bits, bits)

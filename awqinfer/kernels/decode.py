@@ -48,13 +48,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.extending import overload
 
 from .activations import add_, silu_mul
 from .attention import store_kv
 from .awq import GEMV_CHUNKS
-from .dense import dense_gemv, half_gemv, widen
+from .dense import dense_gemv, widen
 from .norm import rmsnorm
 from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
@@ -281,14 +281,10 @@ def head_logits(h, head, scratch, logits):
 @overload(head_logits)
 def _head_logits(h, head, scratch, logits):
     kind = getattr(head, "instance_class", None)
-    if kind is DenseHead and head.types[0].dtype == types.float32:
-        def dense(h, head, scratch, logits):
-            dense_gemv(h, head.rows, logits)
-        return dense
     if kind is DenseHead:
-        def half(h, head, scratch, logits):
-            half_gemv(h, head.rows, head.bf16, logits)
-        return half
+        def dense(h, head, scratch, logits):
+            dense_gemv(h, head.rows, logits, head.bf16)
+        return dense
     if kind is Int8Head:
         def screened(h, head, scratch, logits):
             xq, xscale, _ = quantized(h, scratch)

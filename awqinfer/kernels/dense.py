@@ -32,23 +32,12 @@ def _widen(value, bf16):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def dense_gemv(x, weight, out):
-    """y = W x for one token. x (K,) f32; weight (N, K) f32; out (N,) f32."""
+def dense_gemv(x, weight, out, bf16=False):
+    """y = W x for one token. x (K,) f32; weight (N, K) f32, or 16-bit bits (uint16: bf16 if ``bf16``, else
+    f16); out (N,) f32."""
     n_out, k = weight.shape
     for n in prange(n_out):
         row = weight[n]
-        acc = np.float32(0.0)
-        for i in range(k):
-            acc += x[i] * row[i]
-        out[n] = acc
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def half_gemv(x, bits, bf16, out):
-    """y = W x for one token, W 16-bit. x (K,) f32; bits (N, K) uint16 (f16, or bf16 if ``bf16``); out (N,) f32."""
-    n_out, k = bits.shape
-    for n in prange(n_out):
-        row = bits[n]
         acc = np.float32(0.0)
         for i in range(k):
             acc += x[i] * widen(row[i], bf16)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from ...kernels.awq import awq_gemm, awq_gemv, repack_words
-from ...kernels.dense import dense_gemm, dense_gemv, half_gemm, half_gemv
+from ...kernels.dense import dense_gemm, dense_gemv, half_gemm
 from ...kernels.int8 import INT8_MAX, int8_gemm, int8_gemv
 from ..checkpoint.awq_layout import AWQ_PACK_ORDER, unpack_awq
 from ..checkpoint.safetensors import widen
@@ -84,7 +84,7 @@ class HalfLinear(Linear):
     in_features = property(lambda self: self.bits.shape[1])
 
     def gemv(self, x, out):
-        half_gemv(x, self.bits, self.bf16, out)
+        dense_gemv(x, self.bits, out, self.bf16)
 
     def gemm(self, x, out):
         half_gemm(x, self.bits, self.bf16, out)
