@@ -181,3 +181,25 @@ def test_half_gemm_and_gemv_widen_16_bit_weights_exactly(bf16, n_tokens):
     linear = stored_linear(bits if bf16 else bits.view(np.float16), bf16)
     assert isinstance(linear, HalfLinear) and np.shares_memory(linear.bits, bits)
     np.testing.assert_array_equal(linear.rows(0, 131), exact.astype(np.float32))
+
+
+def test_kernels_called_from_python_release_the_gil():
+    """Every compiled CPU kernel drops the GIL while it runs: a server's other threads keep answering."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import awqinfer.kernels as package
+
+    checked = 0
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:  # kernels/cuda: device kernels
+            continue
+        module = importlib.import_module(f"awqinfer.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__ and \
+                    obj.targetoptions.get("inline", "never") == "never":
+                assert obj.targetoptions.get("nogil"), f"{info.name}.{name} holds the GIL"
+                checked += 1
+    assert checked >= 20

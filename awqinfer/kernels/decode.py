@@ -131,7 +131,7 @@ class Scratch(NamedTuple):
     l_part: np.ndarray  # (n_heads, C) f32: its softmax denominator
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
     """One query token's attention over cache positions 0..n_pos-1 (it sits at n_pos-1).
 
@@ -196,7 +196,7 @@ def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
             oh[i] *= inv
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def rescore_top(h, rows, bf16, logits, best):
     """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . rows[n] for those n.
 
@@ -294,7 +294,7 @@ def _head_logits(h, head, scratch, logits):
     return None
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def decode_step(x, layers, norms, final_norm, head, k_cache, v_cache, pos, cos, sin, eps, n_heads,
                 scratch, logits):
     """Run one token through every layer and the lm_head; write f32 logits (V,).
