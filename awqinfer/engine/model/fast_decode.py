@@ -24,7 +24,7 @@ from .rope import cos_sin
 from .weights import ModelWeights
 
 
-HEAD_SLAB = 4096  # lm_head rows quantized at a time when the int8 screen is built
+HEAD_SLAB = 1024  # lm_head rows quantized at a time when the int8 screen is built (16 MB of f32 at 4096 wide)
 
 
 class DecodeState:
