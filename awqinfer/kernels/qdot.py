@@ -92,14 +92,36 @@ def quantize_rows(x, xq, xscale, xbsum):
 
 
 @njit(inline="always")
-def _awq_block(acc, low, high, hi, lo, c, xs, s_lo, s_hi):
-    """acc + chunk c's products, scaled: nibbles low/high (the 32 even, 32 odd inputs) x block c of one row.
+def _awq_block(acc, low, high, hi, lo, c, f_lo, f_hi):
+    """acc + chunk c's products scaled by (f_lo, f_hi): nibbles low/high (the 32 even, 32 odd inputs) x block c.
 
-    hi, lo (K,) int8: the row's digits. Each i16 lane sums 4 products of at most 15 x 127: no overflow.
+    hi, lo (K,) int8: one activation row's digits. Each i16 lane sums 4 products of at most 15 x 127: no overflow.
     """
     on_hi = add_i16(madd_u8s8(low, load_bytes(hi, 64 * c)), madd_u8s8(high, load_bytes(hi, 64 * c + 32)))
     on_lo = add_i16(madd_u8s8(low, load_bytes(lo, 64 * c)), madd_u8s8(high, load_bytes(lo, 64 * c + 32)))
-    return scale_add(acc, add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), s_lo * xs, s_hi * xs)
+    return scale_add(acc, add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), f_lo, f_hi)
+
+
+@njit(inline="always")
+def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, szeros, lo, hi, per_group, out):
+    """_awq_rows_simd for one activation row and groups of 64 inputs or more: one scale per chunk, the zero
+    points applied once per group to the group's activation sum. out (N,) f32; the rest as _awq_rows_simd."""
+    for n in range(lo, hi):
+        row = qweight[n]
+        acc = zeros_f32x8()
+        z = np.float32(0.0)
+        c = 0
+        for g in range(scales.shape[1]):
+            s = scales[n, g]
+            total = np.float32(0.0)
+            for _ in range(per_group):
+                low, high = nibbles(load_bytes(row, 32 * c))
+                f = s * xs[c]
+                acc = _awq_block(acc, low, high, hi_digits, lo_digits, c, f, f)
+                total += xb[2 * c] + xb[2 * c + 1]
+                c += 1
+            z += szeros[n, g] * total
+        out[n] = hsum(acc) - z
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -112,6 +134,9 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
     n_chunks = qweight.shape[1] // 8  # chunks of 8 words = 32 bytes = 64 inputs
     split = scales.shape[1] == 2 * n_chunks  # groups of 32: each chunk's halves have their own scale
     per_step = 1 if split else n_chunks // scales.shape[1]  # chunks sharing one (pair of) scale(s)
+    if n_rows_b == 1 and not split:  # one sequence, groups of 64 or more: the lean loop, ~1.4x faster
+        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xbsum[0], qweight, scales, szeros, lo, hi, per_step, out[0])
+        return
     for n0 in range(lo, hi, ROW_BLOCK):
         for b0 in range(0, n_rows_b, 4):  # four activation rows per pass: four accumulators in registers
             m = min(4, n_rows_b - b0)
@@ -128,16 +153,16 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
                     s_lo, s_hi, sz_lo, sz_hi = scales[n, g], scales[n, h], szeros[n, g], szeros[n, h]
                     for c in range(step * per_step, (step + 1) * per_step):
                         low, high = nibbles(load_bytes(row, 32 * c))
-                        a0 = _awq_block(a0, low, high, h0, l0, c, xscale[b0, c], s_lo, s_hi)
+                        a0 = _awq_block(a0, low, high, h0, l0, c, s_lo * xscale[b0, c], s_hi * xscale[b0, c])
                         z0 += sz_lo * xbsum[b0, 2 * c] + sz_hi * xbsum[b0, 2 * c + 1]
                         if m > 1:
-                            a1 = _awq_block(a1, low, high, h1, l1, c, xscale[b0 + 1, c], s_lo, s_hi)
+                            a1 = _awq_block(a1, low, high, h1, l1, c, s_lo * xscale[b0 + 1, c], s_hi * xscale[b0 + 1, c])
                             z1 += sz_lo * xbsum[b0 + 1, 2 * c] + sz_hi * xbsum[b0 + 1, 2 * c + 1]
                         if m > 2:
-                            a2 = _awq_block(a2, low, high, h2, l2, c, xscale[b0 + 2, c], s_lo, s_hi)
+                            a2 = _awq_block(a2, low, high, h2, l2, c, s_lo * xscale[b0 + 2, c], s_hi * xscale[b0 + 2, c])
                             z2 += sz_lo * xbsum[b0 + 2, 2 * c] + sz_hi * xbsum[b0 + 2, 2 * c + 1]
                         if m > 3:
-                            a3 = _awq_block(a3, low, high, h3, l3, c, xscale[b0 + 3, c], s_lo, s_hi)
+                            a3 = _awq_block(a3, low, high, h3, l3, c, s_lo * xscale[b0 + 3, c], s_hi * xscale[b0 + 3, c])
                             z3 += sz_lo * xbsum[b0 + 3, 2 * c] + sz_hi * xbsum[b0 + 3, 2 * c + 1]
                 out[b0, n] = hsum(a0) - z0
                 if m > 1:
