@@ -51,10 +51,11 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """One flag per numeric field of the schema (text/schema.py): --max-tokens, --temperature, ..."""
     for field in SAMPLING_FIELDS:
         kind = int if field.integer else float
-        default = "off" if field.default is None else field.default
+        unset = "a new one each run" if field.name == "seed" else "off"
+        default = unset if field.default is None else field.default
         p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=ranged(kind, field.low, field.high),
                        default=None, metavar="N" if field.integer else "X",
-                       help=f"{field.help} ({field.allowed}; default {default})")
+                       help=f"{field.help}; {field.allowed}, default {default}")
     p.add_argument("--system", default=None, help="a system message put before the prompt")
 
 

@@ -95,7 +95,7 @@ def _offline() -> bool:
 
 def hf_snapshot(repo: str) -> Path:
     """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     fetch = f"hf download {repo} --include " + " ".join(f"'{p}'" for p in HF_FILES)
@@ -108,9 +108,9 @@ def hf_snapshot(repo: str) -> Path:
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        where = "offline (HF_HUB_OFFLINE is set)" if _offline() else f"cannot reach the Hub ({type(e).__name__})"
+        why = "is offline (HF_HUB_OFFLINE is set)" if _offline() else f"cannot reach the Hub at {constants.ENDPOINT}"
         raise ModelNotFoundError(
-            f"model repo {repo!r} is not in the Hugging Face cache and awqinfer is {where}; "
+            f"model repo {repo!r} is not in the Hugging Face cache and awqinfer {why}; "
             f"fetch it on a connected machine with `{fetch}`") from None
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(
