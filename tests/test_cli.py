@@ -211,11 +211,11 @@ def test_ctrl_c_in_chat_keeps_the_partial_reply(tiny_qwen2, monkeypatch, capsys)
     seen = []  # the messages of every turn
 
     class CtrlCAfterThreeChunks:  # the real model, with a user who presses Ctrl-C during the first reply
-        name = real.name
+        name, fit_messages = real.name, real.fit_messages
 
-        def run(self, inputs):
+        def run(self, inputs, **kwargs):
             seen.append([dict(m) for m in inputs["messages"]])
-            stream = real.run(inputs)
+            stream = real.run(inputs, **kwargs)
             for n, chunk in enumerate(stream):
                 if len(seen) == 1 and n == 3:
                     stream.close()

@@ -59,6 +59,12 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="a system message put before the prompt")
 
 
+def add_verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="after each reply, print on stderr: prompt tokens, time to first token, decoding speed, "
+                        "completion tokens and the finish reason")
+
+
 def sampling_inputs(args) -> dict:
     """The schema fields the user set, and only those (the rest keep the schema's defaults)."""
     return {f.name: getattr(args, f.name) for f in SAMPLING_FIELDS if getattr(args, f.name) is not None}
@@ -72,9 +78,3 @@ def load_model(args):
 def fail(message: str, code: int = EXIT_ERROR) -> int:
     print(f"awqinfer: error: {message}", file=sys.stderr)
     return code
-
-
-def write(text: str) -> None:
-    """Print a piece of streamed text at once."""
-    sys.stdout.write(text)
-    sys.stdout.flush()

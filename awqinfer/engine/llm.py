@@ -20,12 +20,15 @@ from typing import Callable, Iterator
 
 from ..errors import Cancelled
 from . import hub
+from .model.cache import max_context
 from .model.device import get_backend
 from .model.forward import Model
 from .model.threads import resolve_threads
+from .text.context import fit_messages
 from .text.generate import check_prompt, generate_tokens
 from .text.inputs import Request, parse_inputs
 from .text.sampling import SamplingParams
+from .text.schema import FIELDS
 from .text.tokenizer import Tokenizer
 
 
@@ -68,6 +71,17 @@ class LLM:
         check_prompt(self.model, prompt_ids)
         chunks = self._chunks(prompt_ids, request.sampling, cancel, on_prefill)
         return chunks if request.stream else join_chunks(chunks)
+
+    def fit_messages(self, messages: list[dict], max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+        """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
+
+        Returns (the messages kept, how many were dropped); system messages and the last
+        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        conversation going; ``run`` itself never truncates.
+        """
+        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
+        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
 
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template."""
