@@ -15,7 +15,7 @@ import sys
 
 import awqinfer
 
-from .common import add_model_flags, add_sampling_flags, add_verbose_flag, load_model, sampling_inputs
+from .common import add_model_flags, add_sampling_flags, add_verbose_flag, load_model, note, sampling_inputs
 from .generation import fit_conversation, stream_reply
 
 COMMANDS = {
@@ -26,14 +26,18 @@ COMMANDS = {
 EXIT_COMMANDS = ("/exit", "/quit")
 
 
+def command_help() -> str:
+    """The chat commands, one per line, as --help and /help show them."""
+    return "\n".join(f"  {name:<8} {what}" for name, what in COMMANDS.items()) + \
+        "\n  //...    send a message that starts with '/'"
+
+
 def add_parser(subparsers) -> None:
-    commands = "\n".join(f"  {name:<8} {what}" for name, what in COMMANDS.items())
     p = subparsers.add_parser(
         "chat", help="an interactive multi-turn chat", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Chat with a model; the conversation is kept between turns, and when it outgrows the "
                     "model's context\nits oldest turns make room (the system prompt stays).\n\n"
-                    f"commands, typed at the >>> prompt:\n{commands}\n"
-                    "  //...    send a message that starts with '/'\n"
+                    f"commands, typed at the >>> prompt:\n{command_help()}\n"
                     "Ctrl-C stops a reply; at the prompt it leaves.")
     add_model_flags(p)
     add_sampling_flags(p)
@@ -51,10 +55,6 @@ def read_line(prompt: str) -> str | None:
     return None if not line else line.rstrip("\n")
 
 
-def note(text: str) -> None:
-    print(f"awqinfer: {text}", file=sys.stderr)
-
-
 def command(line: str, history: list[dict]) -> bool:
     """Carry out a /command; returns False when the chat should end."""
     name = line.split()[0]
@@ -66,9 +66,7 @@ def command(line: str, history: list[dict]) -> bool:
         note(f"conversation forgotten ({forgotten} messages); the system prompt stays" if forgotten else
              "conversation forgotten (it was empty)")
     elif name == "/help":
-        for command_name, what in COMMANDS.items():
-            print(f"  {command_name:<8} {what}", file=sys.stderr)
-        print("  //...    send a message that starts with '/'", file=sys.stderr)
+        print(command_help(), file=sys.stderr)
     else:
         note(f"unknown command {name}; /help lists the commands (start a message with // to send a '/')")
     return True

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from awqinfer.engine.model.cache import max_context
 from awqinfer.engine.text.schema import FIELDS
 
+from .common import note
+
 PREFILL_BAR_AFTER = 2.0  # seconds: a prompt read faster than this shows no bar
 
 
@@ -104,9 +106,9 @@ def stream_reply(llm, inputs: dict, verbose: bool = False, echo: bool = True) ->
     if echo:
         write("\n")
     if verbose:
-        print(f"awqinfer: {stats_line(reply)}", file=sys.stderr)
+        note(stats_line(reply))
     if reply.finish_reason == "length" and sys.stdout.isatty():
-        print(f"awqinfer: {cut_reason(llm, inputs, reply)}", file=sys.stderr)
+        note(cut_reason(llm, inputs, reply))
     return reply
 
 
@@ -148,6 +150,6 @@ def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None) -
     if dropped:
         context = max_context(llm.model.config)
         turns = "message" if dropped == 1 else "messages"
-        print(f"awqinfer: the conversation outgrew the model's context ({context} tokens with room for the "
-              f"reply): dropped the oldest {dropped} {turns}; the system prompt stays", file=sys.stderr)
+        note(f"the conversation outgrew the model's context ({context} tokens with room for the reply): "
+             f"dropped the oldest {dropped} {turns}; the system prompt stays")
     return kept

@@ -7,7 +7,7 @@ import sys
 import awqinfer
 
 from . import chat, convert, models, quantize, run
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, compile_notice, fail
 
 COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize}  # name -> module
 
@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return COMMANDS[args.command].main(args)
+        with compile_notice():
+            return COMMANDS[args.command].main(args)
     except awqinfer.InputError as e:
         return fail(str(e), EXIT_USAGE)
     except awqinfer.AwqinferError as e:
