@@ -71,7 +71,9 @@ def test_console_script_and_system_flag(tiny_qwen2):
 def test_bad_flag_values_are_one_line_and_exit_2(tiny_qwen2, flags, needle):
     proc = cli("run", "--model", tiny_qwen2, *flags, "Hello")
     assert proc.returncode == 2
-    one_line_error(proc, needle)
+    line = one_line_error(proc, needle)
+    assert line.startswith("awqinfer run: error: ")  # named by the subcommand, as its --help is
+    assert line.endswith("(see awqinfer run --help)")
     assert proc.stdout == ""
 
 

@@ -70,7 +70,7 @@ def test_chat_commands_are_not_sent_to_the_model(tiny_qwen2):
 
 
 def test_reset_of_an_empty_conversation_says_so(tiny_qwen2):
-    proc = cli("chat", "--model", tiny_qwen2, *GREEDY, stdin="/reset\n")
+    proc = cli("chat", "--model", tiny_qwen2, *GREEDY, "--threads", "1", stdin="/reset\n")
     assert proc.returncode == 0 and proc.stdout == ""
     assert "awqinfer: conversation forgotten (it was empty)" in proc.stderr
 

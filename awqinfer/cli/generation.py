@@ -115,10 +115,9 @@ def stream_reply(llm, inputs: dict, verbose: bool = False, echo: bool = True) ->
 def stats_line(reply: Reply) -> str:
     """Prompt tokens, time to first token, decode speed, completion tokens, finish reason: one line."""
     t = reply.timing
-    if reply.usage is None:
-        shown = "stopped (Ctrl-C)" if reply.interrupted else "stopped"
+    if reply.usage is None:  # stopped by Ctrl-C before its end
         first = f"; first token after {t.prompt_done - t.start:.2f} s" if t.prompt_done is not None else ""
-        return f"{shown} after {t.end - t.start:.2f} s{first}"
+        return f"stopped (Ctrl-C) after {t.end - t.start:.2f} s{first}"
     prompt, completion = reply.usage["prompt_tokens"], reply.usage["completion_tokens"]
     first = t.prompt_done - t.start
     parts = [f"{prompt} prompt tokens", f"first token after {first:.2f} s ({prompt / first:.0f} prompt tokens/s)"]
@@ -138,12 +137,6 @@ def cut_reason(llm, inputs: dict, reply: Reply) -> str:
     return f"the reply was cut: prompt and reply filled the model's context ({context} tokens)"
 
 
-def write(text: str) -> None:
-    """Print a piece of streamed text at once."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None) -> list[dict]:
     """``llm.fit_messages`` with a one-line note on stderr when the oldest turns had to go."""
     kept, dropped = llm.fit_messages(messages, max_tokens or FIELDS["max_tokens"].default)
@@ -153,3 +146,9 @@ def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None) -
         note(f"the conversation outgrew the model's context ({context} tokens with room for the reply): "
              f"dropped the oldest {dropped} {turns}; the system prompt stays")
     return kept
+
+
+def write(text: str) -> None:
+    """Print a piece of streamed text at once."""
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -113,7 +113,8 @@ def hf_snapshot(repo: str) -> Path:
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        why = "is offline (HF_HUB_OFFLINE is set)" if _offline() else f"cannot reach the Hub at {constants.ENDPOINT}"
+        why = "is offline (HF_HUB_OFFLINE is set)" if _offline() else \
+            f"cannot reach the Hub at {constants.ENDPOINT}"
         raise ModelNotFoundError(
             f"model repo {repo!r} is not in the Hugging Face cache and awqinfer {why}; "
             f"fetch it on a connected machine with `{fetch}`") from None
@@ -171,8 +172,9 @@ def gguf_model_dir(path: Path, progress: bool = True) -> Path:
     """A GGUF file's AWQ checkpoint: imported on first use as the default model is, cached by the file's content.
 
     The cache key is a hash of the bytes, so a renamed or copied file is not imported
-    again and a changed one is. What cannot be imported (not a GGUF file, an unsupported
-    architecture or tensor type) is a CheckpointError, and nothing is left in the cache.
+    again and a changed one is. A file that is not GGUF is a ModelNotFoundError; a GGUF
+    file that cannot be imported (unreadable, an unsupported architecture or tensor type)
+    a CheckpointError from the importer, and nothing is left in the cache.
     """
     if not path.is_file():
         raise ModelNotFoundError(f"model {str(path)!r}: no such GGUF file")

@@ -72,7 +72,8 @@ class LLM:
         chunks = self._chunks(prompt_ids, request.sampling, cancel, on_prefill)
         return chunks if request.stream else join_chunks(chunks)
 
-    def fit_messages(self, messages: list[dict], max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+    def fit_messages(self, messages: list[dict],
+                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
         """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
 
         Returns (the messages kept, how many were dropped); system messages and the last
