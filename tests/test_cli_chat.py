@@ -65,14 +65,14 @@ def test_chat_commands_are_not_sent_to_the_model(tiny_qwen2):
     err = proc.stderr
     for command in ("/help", "/reset", "/exit"):
         assert f"  {command} " in err, command
-    assert "awqinfer: conversation forgotten (2 messages)" in err
+    assert "awqinfer: conversation forgotten (2 messages)\n" in err
     assert "awqinfer: unknown command /bogus; /help lists the commands" in err
 
 
 def test_reset_of_an_empty_conversation_says_so(tiny_qwen2):
-    proc = cli("chat", "--model", tiny_qwen2, *GREEDY, "--threads", "1", stdin="/reset\n")
+    proc = cli("chat", "--model", tiny_qwen2, *GREEDY, "--threads", "1", "--system", "Be brief", stdin="/reset\n")
     assert proc.returncode == 0 and proc.stdout == ""
-    assert "awqinfer: conversation forgotten (it was empty)" in proc.stderr
+    assert "awqinfer: conversation forgotten (it was empty); the system prompt stays\n" in proc.stderr
 
 
 def test_help_shows_defaults_ranges_and_chat_commands():

@@ -124,7 +124,7 @@ def test_prefill_bar_appears_only_when_the_prompt_is_projected_to_be_slow(capsys
 def test_a_first_run_says_it_compiles_and_shows_the_slow_prefill(tmp_path):
     """A cold kernel cache: the compile note, then a prompt whose first chunk waits on the compiler."""
     model = make_model(tmp_path / "model", "qwen2", max_positions=2048)
-    prompt = " ".join(f"word{i}" for i in range(400))
+    prompt = " ".join(f"word{i}" for i in range(250))
     assert 700 < len(awqinfer.load(model).tokenizer.encode(prompt)) < 2000  # three chunks or more
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}  # nothing compiled yet
     args = ("run", "--model", model, "--max-tokens", "4", "--temperature", "0", prompt)

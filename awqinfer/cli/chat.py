@@ -55,16 +55,15 @@ def read_line(prompt: str) -> str | None:
     return None if not line else line.rstrip("\n")
 
 
-def command(line: str, history: list[dict]) -> bool:
+def command(line: str, history: list[dict], system: list[dict]) -> bool:
     """Carry out a /command; returns False when the chat should end."""
     name = line.split()[0]
     if name in EXIT_COMMANDS:
         return False
     if name == "/reset":
-        forgotten = len(history)
+        forgotten = f"{len(history)} messages" if history else "it was empty"
         history.clear()
-        note(f"conversation forgotten ({forgotten} messages); the system prompt stays" if forgotten else
-             "conversation forgotten (it was empty)")
+        note(f"conversation forgotten ({forgotten})" + ("; the system prompt stays" if system else ""))
     elif name == "/help":
         print(command_help(), file=sys.stderr)
     else:
@@ -87,7 +86,7 @@ def main(args) -> int:
             return 0
         text = line.strip()
         if text.startswith("/") and not text.startswith("//"):
-            if not command(text, history):
+            if not command(text, history, system):
                 return 0
             continue
         if not text:
