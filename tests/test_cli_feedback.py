@@ -2,12 +2,15 @@
 for a reply cut short (on a terminal only), the prefill progress bar, and the note on a first run
 that compiles the kernels (a cold Numba cache: NUMBA_CACHE_DIR pointing at an empty folder)."""
 
+import fcntl
 import json
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import threading
 
 from checkpoints import make_model
@@ -25,6 +28,7 @@ def on_terminal(*args, stream="stdout", env=None, timeout=600):
     """``python -m awqinfer ARGS`` with ``stream`` on a pseudo-terminal: (exit status, what the terminal
     showed, the other stream's text)."""
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, as a window has
     other = "stderr" if stream == "stdout" else "stdout"
     proc = subprocess.Popen([sys.executable, "-m", "awqinfer", *map(str, args)], stdin=subprocess.DEVNULL,
                             **{stream: slave, other: subprocess.PIPE}, env={**os.environ, **(env or {})})
