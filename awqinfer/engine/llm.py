@@ -26,9 +26,11 @@ from .model.device import get_backend
 from .model.forward import Model
 from .model.kv_budget import KV_BUDGET
 from .model.threads import resolve_threads
+from .text.context import fit_messages
 from .text.generate import Sequence, check_prompt
 from .text.inputs import Request, parse_inputs
 from .text.scheduler import Scheduler, TokenStream, check_bounds
+from .text.schema import FIELDS
 from .text.tokenizer import Tokenizer
 
 
@@ -80,6 +82,18 @@ class LLM:
         seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill)
         chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
         return chunks if request.stream else join_chunks(chunks)
+
+    def fit_messages(self, messages: list[dict],
+                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+        """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
+
+        Returns (the messages kept, how many were dropped); system messages and the last
+        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        conversation going; ``run`` itself never truncates.
+        """
+        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
+        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
 
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template."""

@@ -131,34 +131,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def probabilities(logits, history: History, params: SamplingParams, observe=None) -> np.ndarray:
+def unobserved(step: str, value: np.ndarray) -> None:
+    """The observer when nobody watches the sampler's steps."""
+
+
+def penalised(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
+    """The logits (float64) after the repetition, frequency and presence penalties."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    observe("logits", x)
+    x = repetition_penalty(x, history.seen, params.repetition_penalty)
+    observe("repetition_penalty", x)
+    x = frequency_presence_penalty(x, history.counts, params.frequency_penalty, params.presence_penalty)
+    observe("frequency_presence_penalty", x)
+    return x
+
+
+def probabilities(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
     """The distribution the next token is drawn from: every step above, in transformers' order.
 
-    ``observe(step, value)``, if given, sees the logits after each step, named after its
-    function ('logits' first: the model's own), then the probabilities ('softmax', or
-    'greedy' at temperature 0). A step that is off returns its input itself (``is``).
-    engine/trace.py shows a token's way through them.
+    ``observe(step, value)`` sees the logits after each step, named after its function
+    ('logits' first: the model's own), then the probabilities ('softmax', or 'greedy' at
+    temperature 0). A step that is off returns its input itself (``is``). engine/trace.py
+    shows a token's way through them.
     """
-    note = observe or (lambda step, value: None)
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    note("logits", x)
-    x = repetition_penalty(x, history.seen, params.repetition_penalty)
-    note("repetition_penalty", x)
-    x = frequency_presence_penalty(x, history.counts, params.frequency_penalty, params.presence_penalty)
-    note("frequency_presence_penalty", x)
+    x = penalised(logits, history, params, observe)
     if params.temperature == 0:
         greedy = np.zeros_like(x)
         greedy[int(np.argmax(x))] = 1.0
-        note("greedy", greedy)
+        observe("greedy", greedy)
         return greedy
     x = temperature_scale(x, params.temperature)
-    note("temperature_scale", x)
+    observe("temperature_scale", x)
     x = top_k_filter(x, params.top_k)
-    note("top_k_filter", x)
+    observe("top_k_filter", x)
     x = top_p_filter(x, params.top_p)
-    note("top_p_filter", x)
+    observe("top_p_filter", x)
     probs = softmax(x)
-    note("softmax", probs)
+    observe("softmax", probs)
     return probs
 
 
@@ -170,9 +179,16 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator,
-               observe=None) -> int:
+               observe=unobserved) -> int:
     """The sampler: process the last logits, then draw with the run's seeded generator.
 
-    ``observe``: see ``probabilities``.
+    Greedy (temperature 0) takes the argmax of the penalised logits directly: the token the
+    one-hot distribution of ``probabilities`` would give, without building it and drawing
+    (which cost ~20% of a small model's decode step); it draws nothing from ``rng`` either way.
+    ``observe``: see ``probabilities`` (a watched greedy step builds the one-hot to show it).
     """
+    if params.temperature == 0:
+        scores = penalised(logits, history, params) if observe is unobserved else \
+            probabilities(logits, history, params, observe)
+        return int(np.argmax(scores))
     return draw(probabilities(logits, history, params, observe), rng)
