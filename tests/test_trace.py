@@ -111,12 +111,18 @@ def test_trace_is_transformers_on_the_same_weights(tiny_llama, tmp_path):
                     assert prob == pytest.approx(attention[h, position], abs=1e-5)
         probs = torch.softmax(out.logits[0, row].double(), -1).numpy()
         scaled = torch.softmax(out.logits[0, row].double() / temperature, -1).numpy()
-        for cand in step.sampling[0].top:
+        for cand in step.readable_top:  # the readable lm_head: transformers' logits
             assert cand.prob == pytest.approx(probs[cand.token], abs=1e-5)
-        assert [cand.token for cand in step.sampling[0].top] == list(np.argsort(-probs, kind="stable")[:TOP])
+        assert [cand.token for cand in step.readable_top] == list(np.argsort(-probs, kind="stable")[:TOP])
+        # what is sampled: the compiled step's logits for a generated token (as run), close to the readable ones
+        assert (step.compiled_seconds is None) == (step.kind == "prefill")
+        assert step.kind == "prefill" or 0 <= step.compiled_diff < 0.05
+        tolerance = 1e-5 if step.kind == "prefill" else 2e-3
+        for cand in step.sampling[0].top:
+            assert cand.prob == pytest.approx(probs[cand.token], abs=tolerance)
         temperature_step = next(s for s in step.sampling if s.name == "temperature_scale")
         for cand in temperature_step.top:
-            assert cand.prob == pytest.approx(scaled[cand.token], abs=1e-5)
+            assert cand.prob == pytest.approx(scaled[cand.token], abs=tolerance)
     n = t.maps.shape[2]
     assert n == len(sequence)
     for l in range(c.num_hidden_layers):
@@ -160,6 +166,21 @@ def test_trace_command_errors_are_one_line(tiny_qwen2, tmp_path):
         assert proc.returncode == code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    proc = cli("trace", "--model", tiny_qwen2)  # neither PROMPT nor --inputs
+    assert proc.returncode == 2 and "PROMPT" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_trace_command_takes_inputs_as_run_does(tiny_qwen2, tmp_path):
+    """--inputs FILE: a conversation, its max_tokens kept (not the trace's default of 16)."""
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "Hello"}],
+                                  "max_tokens": 2, "seed": 7, "temperature": 1.0}))
+    proc = cli("trace", "--model", tiny_qwen2, "--inputs", inputs)
+    assert proc.returncode == 0, proc.stderr
+    run = cli("run", "--model", tiny_qwen2, "--inputs", inputs, "--json")
+    assert f"response: {json.loads(run.stdout)['response']!r}" in proc.stdout
+    assert "Be brief." in proc.stdout and "sampling: max_tokens 2," in proc.stdout
 
 
 class _Resources(HTMLParser):

@@ -29,10 +29,12 @@ def add_parser(subparsers) -> None:
                                           "and show what happens to each token: tokenization, every layer, "
                                           f"every sampling step, the KV cache. --max-tokens defaults to "
                                           f"{MAX_TOKENS} here.")
-    p.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt; '-' reads it from stdin")
+    p.add_argument("--inputs", metavar="FILE", default=None,
+                   help="Workers AI inputs as a JSON object (as run takes them) instead of PROMPT")
     add_model_flags(p)
     add_sampling_flags(p)
-    p.set_defaults(max_tokens=MAX_TOKENS)
+    p.set_defaults(truncate=False)  # run's --truncate: a trace never drops turns
     p.add_argument("--raw", action="store_true", help="send PROMPT as is, without the chat template")
     p.add_argument("--heads", type=heads_list, default=None, metavar="LIST",
                    help="query heads whose attention is shown, e.g. 0,3,6 (default: the first head of each "
@@ -49,13 +51,15 @@ def heads_list(text: str) -> list[int]:
 
 
 def main(args) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if args.raw and args.system is not None:
-        return fail("--raw sends the prompt without a chat template, so it cannot take --system", EXIT_USAGE)
+    try:
+        inputs = build_inputs(args)
+    except ValueError as e:
+        return fail(str(e), EXIT_USAGE)
+    inputs.setdefault("max_tokens", MAX_TOKENS)  # unless the flag or --inputs gives it
     if args.html and not Path(args.html).resolve().parent.is_dir():
         return fail(f"--html: no such directory for {args.html}", EXIT_USAGE)
     llm = load_model(args)
-    result = trace(llm, build_inputs(args, prompt), heads=args.heads)
+    result = trace(llm, inputs, heads=args.heads)
     print_trace(result)
     if args.html:
         write_page(result, args.html)
@@ -112,11 +116,11 @@ def step_report(t: Trace, n: int, step: Step) -> list[str]:
     head = t.weights[-1]
     lines.append(f"layers {layer_seconds * 1e3:.2f} ms; KV read by attention {kv_layer * len(step.layers) / 1e3:.0f} KB"
                  f" ({step.kv.positions} positions)")
-    if step.head_seconds is None:
+    if not step.sampling:
         lines.append(f"prompt chunk: its logits are not sampled; KV cache {kv_line(step)}")
         return lines
     lines.append(f"final norm + lm_head {step.head_seconds * 1e3:.2f} ms reading {head.nbytes / 1e6:.1f} MB; "
-                 f"forward {step.seconds * 1e3:.2f} ms")
+                 f"readable forward {step.seconds * 1e3:.2f} ms; {step.compiled_note}")
     lines.append(f"sampling the token at position {end + 1} (probability after each step, top {len(step.sampling[0].top)}):")
     for s in step.sampling:
         name = f"{s.name} ({s.setting})" if s.setting else s.name

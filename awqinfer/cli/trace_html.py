@@ -156,11 +156,11 @@ def step_section(t: Trace, n: int, step: Step) -> str:
              "<table><tr><th>layer</th><th>|x| in</th><th>|x| after attention</th><th>|x| after MLP</th>"
              "<th>ms</th><th class=l>weights</th><th>weight bytes</th><th>KV bytes</th>"
              f"<th class=l>strongest attention of position {end}</th></tr>" + "".join(rows) + "</table>"]
-    if step.head_seconds is None:
+    if not step.sampling:
         parts.append("<p>A prompt chunk before the last: its logits are not sampled.</p>")
     else:
-        parts.append(f"<p>Final norm and lm_head: {step.head_seconds * 1e3:.2f} ms; the forward: "
-                     f"{step.seconds * 1e3:.2f} ms.</p>" + sampling_bars(t, step) +
+        parts.append(f"<p>Final norm and lm_head: {step.head_seconds * 1e3:.2f} ms; the readable forward: "
+                     f"{step.seconds * 1e3:.2f} ms; {escape(step.compiled_note)}.</p>" + sampling_bars(t, step) +
                      f"<p>Drawn: {step.token} <span class=piece>{escape(repr(t.piece(step.token)))}</span> "
                      f"(probability {step.token_prob:.3f}, rank {step.token_rank}); text out: "
                      f"<span class=piece>{escape(repr(step.text))}</span>"

@@ -9,7 +9,9 @@ text/sampling.py is seen. It records:
     the prompt      the chat template's output, the ids and their vocabulary pieces
     each forward    a Step: per layer the residual stream's norm entering, after the attention
                     block and leaving, the strongest positions of a few heads' attention, the
-                    layer's time, its weights' format and bytes; the lm_head's time
+                    layer's time, its weights' format and bytes; the lm_head's time; for a
+                    generated token also the compiled decode step's time and how far its
+                    logits are from the readable forward's (Model.forward runs both)
     each token      every sampling step's top candidates (probabilities before and after it),
                     the token drawn, the text the streaming detokenizer lets out, the KV cache's
                     fill and memory
@@ -33,7 +35,7 @@ import numpy as np
 
 from ..errors import InputError
 from .checkpoint.config import ModelConfig
-from .model.linear import AwqLinear, Int8Linear, Linear
+from .model.linear import AwqLinear, HalfLinear, Int8Linear, Linear
 from .text.generate import Sequence, check_prompt
 from .text.inputs import parse_inputs
 from .text.sampling import SamplingParams, softmax
@@ -96,7 +98,11 @@ class Step:
     start: int  # position of its first row
     ids: list[int]  # the tokens it read
     layers: list[LayerTrace] = field(default_factory=list)
-    head_seconds: float | None = None  # final norm and lm_head (None: not sampled from)
+    head_seconds: float = 0.0  # final norm and lm_head
+    readable_top: list[Candidate] = field(default_factory=list)  # the readable lm_head's top (softmax)
+    compiled_seconds: float | None = None  # the compiled step over the same token (None: it did not run)
+    compiled_diff: float | None = None  # max |logit| difference of the compiled step from the readable forward
+    compiled_top_diff: float | None = None  # the same over the readable top's tokens
     sampling: list[SamplingStep] = field(default_factory=list)  # empty: a prompt chunk before the last
     token: int | None = None  # the token drawn
     token_prob: float | None = None  # its probability in the distribution drawn from
@@ -108,7 +114,16 @@ class Step:
     @property
     def seconds(self) -> float:
         """The forward's compute time: its layers and the lm_head."""
-        return sum(layer.seconds for layer in self.layers) + (self.head_seconds or 0.0)
+        return sum(layer.seconds for layer in self.layers) + self.head_seconds
+
+    @property
+    def compiled_note(self) -> str:
+        """Where this step's sampled logits come from, in words (the reports print it)."""
+        if self.compiled_seconds is None:
+            return "sampled from the readable forward's logits, as run does for a prompt"
+        return (f"then the compiled decode step, as run takes this token: {self.compiled_seconds * 1e3:.2f} ms, "
+                f"its logits within {self.compiled_diff:.2g} of the readable ones ({self.compiled_top_diff:.2g} on "
+                f"their top {len(self.readable_top)}); sampled from them")
 
 
 @dataclass
@@ -144,8 +159,8 @@ class Trace:
         return self.prompt_ids + [s.token for s in self.steps if s.token is not None]
 
     def piece(self, token: int) -> str:
-        """The vocabulary piece of a token id."""
-        return self.pieces.get(token, f"<{token}>")
+        """The vocabulary piece of a token id ('<id 600>' past the tokenizer's vocabulary: a padded row)."""
+        return self.pieces.get(token, f"<id {token}>")
 
 
 def default_heads(config: ModelConfig) -> tuple[int, ...]:
@@ -172,12 +187,15 @@ def weight_format(linear: Linear) -> str:
         return f"AWQ 4-bit, group {linear.in_features // linear.scales.shape[1]}"
     if isinstance(linear, Int8Linear):
         return "int8, one scale per row"
+    if isinstance(linear, HalfLinear):
+        return f"{'bfloat16' if linear.bf16 else 'float16'} as stored"
     return f"dense {np.dtype(linear.weight.dtype).name}"
 
 
 def linear_bytes(linear: Linear) -> int:
     """The bytes one call of a Linear reads: its weight arrays and bias."""
-    return sum(getattr(linear, f.name).nbytes for f in fields(linear) if getattr(linear, f.name) is not None)
+    arrays = (getattr(linear, f.name) for f in fields(linear))
+    return sum(a.nbytes for a in arrays if getattr(a, "ndim", 0) > 0)  # (flags such as bf16 are no arrays)
 
 
 def model_weights(model) -> list[WeightInfo]:
@@ -206,8 +224,8 @@ def trace(llm, inputs: dict, heads=None) -> Trace:
     """Generate for ``inputs`` as ``llm.run`` would, recording every step (see the module's docstring).
 
     ``heads``: the query heads whose attention is reported (default: ``default_heads``).
-    The tokens drawn are the ones ``run`` draws with the same inputs and seed, up to the
-    rounding of the readable forward against the compiled decode step (model/fast_decode.py).
+    The tokens drawn are the ones ``run`` draws with the same inputs and seed: a generated
+    token's logits are the compiled decode step's, as in ``run`` (Model.forward, observed).
     """
     request = parse_inputs(inputs)
     model = llm.model
@@ -229,7 +247,7 @@ def trace(llm, inputs: dict, heads=None) -> Trace:
             texts.append(text)
     finally:
         seq.close()
-    pieces = {i: llm.tokenizer.id_to_token(i) for i in sorted(rec.ids)}
+    pieces = {i: piece for i in sorted(rec.ids) if (piece := llm.tokenizer.id_to_token(i)) is not None}
     n = min(rec.maps.shape[2], rec.steps[-1].kv.positions)
     return Trace(llm.name, model.config, request.sampling, model.kv_dtype, template, list(prompt_ids), pieces, heads,
                  model_weights(model), rec.steps, rec.maps[:, :, :n, :n], "".join(texts), reason)
@@ -261,11 +279,14 @@ class _Recorder:
         self._clock = perf_counter()  # when the trace's own work last ended
         self._final: np.ndarray | None = None  # the distribution the next token is drawn from
         self._previous = None  # the last sampling step's output
+        self._readable: np.ndarray | None = None  # the readable lm_head's logits of the current step
 
-    def layer(self, l: int, name: str, value) -> None:
-        """Model.forward's observer: one observation of decoder_layer ``l``."""
+    def layer(self, l: int | None, name: str, value) -> None:
+        """Model.forward's observer: one observation of decoder_layer ``l``, or of the model's end (l None)."""
         elapsed = perf_counter() - self._clock
-        if name == "residual_in":
+        if l is None:
+            self._end(name, value, elapsed)
+        elif name == "residual_in":
             if l == 0:
                 self._begin(value.shape[0])
             self.step.layers.append(LayerTrace(l, self._norm(value), 0.0, 0.0, 0.0, {}))
@@ -283,8 +304,6 @@ class _Recorder:
 
     def sampling(self, name: str, value: np.ndarray) -> None:
         """sampling.probabilities' observer: the logits after one step, or the final probabilities."""
-        if name == "logits":
-            self.step.head_seconds = perf_counter() - self._clock
         probs = value if name in FINAL_STEPS else softmax(value)
         order = np.argsort(-probs, kind="stable")[:TOP]
         top = [Candidate(int(i), float(probs[i]), None if name in FINAL_STEPS else float(value[i])) for i in order]
@@ -305,6 +324,20 @@ class _Recorder:
         self.ids.add(token)
         self._previous = None
         self._clock = perf_counter()
+
+    def _end(self, name: str, logits, elapsed: float) -> None:
+        """The readable lm_head's logits, then (a decode step run) the compiled step's, which are sampled."""
+        last = np.asarray(self.host(logits[-1]), np.float64)
+        if name == "lm_head":
+            self.step.head_seconds, self._readable = elapsed, last
+            probs = softmax(last)
+            self.step.readable_top = [Candidate(int(i), float(probs[i]), float(last[i]))
+                                      for i in np.argsort(-probs, kind="stable")[:TOP]]
+        else:
+            self.step.compiled_seconds = elapsed
+            diff = np.abs(last - self._readable)
+            self.step.compiled_diff = float(diff.max())
+            self.step.compiled_top_diff = float(diff[[c.token for c in self.step.readable_top]].max())
 
     def _begin(self, rows: int) -> None:
         """A forward starts: a prompt chunk while the prompt is being read, else the last drawn token."""

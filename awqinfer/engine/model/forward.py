@@ -88,7 +88,11 @@ class Model:
         on the CPU goes through the compiled step (fast_decode.py) unless ``fast``
         (default: ``self.fast``) is False; the code below is the reference.
         ``observe(l, name, value)``, if given, sees what ``decoder_layer`` shows of each
-        layer ``l`` (engine/trace.py records it); it implies the readable code below.
+        layer ``l`` (engine/trace.py records it), then ``(None, "lm_head", logits)``: the
+        readable code below runs, observed. A single token that the compiled step would take
+        then goes through it too, over the same position (``(None, "compiled_step", logits)``):
+        its logits are returned and its keys and values stay in the cache, so an observed
+        generation samples exactly what an unobserved one does.
         """
         ids = self._check(ids, cache)
         if len(ids) == 1 and observe is None:
@@ -97,7 +101,15 @@ class Model:
         cache.ensure(cache.pos + len(ids))
         x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), observe)
         cache.pos += len(ids)
-        return self._logits(x[-1:] if last_only else x)
+        logits = self._logits(x[-1:] if last_only else x)
+        if observe is None:
+            return logits
+        observe(None, "lm_head", logits)
+        if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
+            cache.pos -= 1
+            logits = self.forward_batch(ids, [cache], fast)
+            observe(None, "compiled_step", logits)
+        return logits
 
     def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None) -> np.ndarray:
         """One new token for each of B sequences: token b at position caches[b].pos. Logits (B, vocab) f32.

@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..model.cache import KVCache, max_context
 from ..model.forward import Model
-from .sampling import History, SamplingParams, next_token
+from .sampling import History, SamplingParams, next_token, unobserved
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: a cancel or a progress report waits at most one chunk
 
@@ -62,7 +62,7 @@ class Sequence:
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
         self._observe_layer = observer.layer if observer is not None else None
-        self._observe_sampling = observer.sampling if observer is not None else None
+        self._observe_sampling = observer.sampling if observer is not None else unobserved
         # the cache holds the prompt and every token but the last (never fed back), capped at the context
         self.capacity = min(len(self.prompt_ids) + params.max_tokens - 1, max_context(model.config))
         self.cache: KVCache | None = None
