@@ -116,7 +116,7 @@ def test_trace_is_transformers_on_the_same_weights(tiny_llama, tmp_path):
         assert [cand.token for cand in step.readable_top] == list(np.argsort(-probs, kind="stable")[:TOP])
         # what is sampled: the compiled step's logits for a generated token (as run), close to the readable ones
         assert (step.compiled_seconds is None) == (step.kind == "prefill")
-        assert step.kind == "prefill" or 0 <= step.compiled_diff < 0.05
+        assert step.kind == "prefill" or (step.compiled_top_diff < 1e-3 and step.compiled_diff < 0.1)
         tolerance = 1e-5 if step.kind == "prefill" else 2e-3
         for cand in step.sampling[0].top:
             assert cand.prob == pytest.approx(probs[cand.token], abs=tolerance)

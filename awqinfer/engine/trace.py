@@ -327,7 +327,7 @@ class _Recorder:
 
     def _end(self, name: str, logits, elapsed: float) -> None:
         """The readable lm_head's logits, then (a decode step run) the compiled step's, which are sampled."""
-        last = np.asarray(self.host(logits[-1]), np.float64)
+        last = np.asarray(logits[-1], np.float64)  # (Model.forward hands logits over on the host)
         if name == "lm_head":
             self.step.head_seconds, self._readable = elapsed, last
             probs = softmax(last)
