@@ -125,10 +125,10 @@ def step_report(t: Trace, n: int, step: Step) -> list[str]:
     for s in step.sampling:
         name = f"{s.name} ({s.setting})" if s.setting else s.name
         if not s.active:
-            lines.append(f"  {name:<44} off")
+            lines.append(f"  {name:<52} off")
             continue
         top = "  ".join(f"{piece(t, c.token)} {c.prob:.3f}" for c in s.top)
-        lines.append(f"  {name:<44} {s.kept:>6} kept  {top}")
+        lines.append(f"  {name:<52} {s.kept:>6} kept  {top}")
     lines.append(f"drawn: {step.token} {piece(t, step.token)} (probability {step.token_prob:.3f}, rank "
                  f"{step.token_rank}); text out: {step.text!r}" +
                  (f"; finish: {step.finish_reason}" if step.finish_reason else ""))
