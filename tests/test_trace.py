@@ -265,3 +265,36 @@ def test_trace_on_the_simulated_device(tmp_path):
     """The trace observes device arrays too (tests/cuda_sim/sim_trace.py, in a child under the simulator)."""
     totals = child_pytest(["sim_trace.py"], tmp_path / "sim.xml", simulate=True)
     assert totals["tests"] == 1 and totals["failures"] == totals["errors"] == totals["skipped"] == 0, totals["output"]
+
+
+def test_an_observed_token_leaves_what_an_unobserved_one_leaves(tiny_qwen2_awq):
+    """Model.forward with an observer: the compiled step's logits and cache contents, as without one."""
+    model = awqinfer.load(tiny_qwen2_awq).model
+    seen = []
+    caches = [model.new_cache(8), model.new_cache(8)]
+    try:
+        for cache in caches:
+            model.forward([5, 9, 11], cache)
+        plain = model.forward([7], caches[0])
+        observed = model.forward([7], caches[1], observe=lambda l, name, value: seen.append((l, name)))
+        assert [cache.pos for cache in caches] == [4, 4]
+        np.testing.assert_array_equal(observed, plain)
+        np.testing.assert_array_equal(caches[1].k[:, :, :4], caches[0].k[:, :, :4])
+        np.testing.assert_array_equal(caches[1].v[:, :, :4], caches[0].v[:, :, :4])
+        assert seen[-2:] == [(None, "lm_head"), (None, "compiled_step")]
+        assert {l for l, _ in seen[:-2]} == set(range(model.config.num_hidden_layers))
+    finally:
+        for cache in caches:
+            cache.close()
+
+
+def test_a_greedy_trace_shows_the_greedy_step(tiny_qwen2):
+    llm = awqinfer.load(tiny_qwen2)
+    inputs = {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    t = trace(llm, inputs)
+    assert t.response == llm.run(inputs)["response"]
+    for step in t.steps:
+        assert [s.name for s in step.sampling] == ["logits", "repetition_penalty", "frequency_presence_penalty",
+                                                  "greedy"]
+        assert [s.active for s in step.sampling] == [True, False, False, True]
+        assert step.token_prob == 1.0 and step.sampling[-1].top[0].token == step.token
