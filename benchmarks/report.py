@@ -185,7 +185,7 @@ def report(out) -> str:
 def batching_section(b: dict) -> list[str]:
     """benchmarks/batching.py's figures: concurrent streams against llama-batched-bench, and 16- vs 32-bit KV."""
     peer = {int(n): v for n, v in b.get("llama_batched", {}).items()}
-    lines = ["", "## Concurrent streams (continuous batching), sampled, "
+    lines = ["", "## Concurrent streams (continuous batching), greedy, "
              f"up to {b['args']['tokens']} new tokens a stream", "",
              "N threads call `LLM.run(stream=True)` at once (`python -m benchmarks.batching`); aggregate = the sum "
              "of the streams' decode tokens/s. llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
@@ -196,6 +196,10 @@ def batching_section(b: dict) -> list[str]:
         theirs = peer.get(int(n), float("nan"))
         lines.append(f"| {n} | {r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['first_chunk_s']:.2f} | "
                      f"{theirs:.1f} | {r['aggregate'] / theirs:.2f} |")
+    if "newcomer" in b:
+        c = b["newcomer"]
+        lines += ["", f"A newcomer's first chunk: alone {c['alone_s']:.2f} s, while {c['running']} streams decode "
+                  f"{c['beside_s']:.2f} s ({c['beside_s'] / c['alone_s']:.1f}x)."]
     if "kv" in b:
         kv = b["kv"]
         contexts = sorted(kv["float16"], key=int)
@@ -204,7 +208,34 @@ def batching_section(b: dict) -> list[str]:
                   "| --- | " + " | ".join("---:" for _ in contexts) + " |"]
         lines += [f"| {dtype} | " + " | ".join(f"{kv[dtype][c]:.1f}" for c in contexts) + " |" for dtype in kv]
         lines.append("| gain | " + " | ".join(f"{kv['float16'][c] / kv['float32'][c]:.2f}x" for c in contexts) + " |")
-    return lines
+    return lines + ["", "![aggregate decode tokens/s against concurrent streams](batching.png)"]
+
+
+def plot_streams(b: dict, path: Path) -> bool:
+    """Aggregate decode tokens/s against concurrent streams, awqinfer and llama.cpp; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ours = sorted((int(n), r["aggregate"]) for n, r in b["streams"].items())
+    ax.plot(*zip(*ours), marker="o", label="awqinfer (LLM.run, streamed)")
+    if b.get("llama_batched"):
+        ax.plot(*zip(*sorted((int(n), v) for n, v in b["llama_batched"].items())), marker="s",
+                label="llama.cpp (llama-batched-bench)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("aggregate decode tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def fmt_load(load) -> str:
