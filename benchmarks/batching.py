@@ -96,26 +96,33 @@ def newcomer(llm, prompt: str, tokens: int, running: int, log) -> dict:
     return res
 
 
-def kv_dtypes(directory: Path, contexts: list[int], steps: int, log) -> dict:
-    """Decode tokens/s after each context length, for float16 and float32 KV caches."""
+def kv_dtypes(directory: Path, contexts: list[int], steps: int, repeats: int, log) -> dict:
+    """Decode tokens/s after each context length for float16 and float32 KV caches: the median of
+    ``repeats`` timings of ``steps`` steps, the two dtypes taking turns."""
     from awqinfer.engine.checkpoint.config import ModelConfig
     from awqinfer.engine.model import Model
     from awqinfer.engine.text.tokenizer import Tokenizer
 
+    contexts = sorted(contexts)
     ids = prompt_ids(Tokenizer(directory), max(contexts), ModelConfig.load(directory).vocab_size)
-    res = {}
-    for kv in ("float16", "float32"):
-        model = Model.load(directory, kv_dtype=kv)
-        cache = model.new_cache(max(contexts) + steps * len(contexts) + 1)
-        for ctx in contexts:
-            model.forward(ids[cache.pos:ctx], cache, last_only=True)
-            token = [int(ids[0])]
-            model.forward(token, cache)  # warm at this length
-            t = time.perf_counter()
-            for _ in range(steps):
-                model.forward(token, cache)
-            res.setdefault(kv, {})[ctx] = steps / (time.perf_counter() - t)
-            log(f"  {kv} KV after {ctx} tokens: {res[kv][ctx]:.1f} tok/s")
+    models = {kv: Model.load(directory, kv_dtype=kv) for kv in ("float16", "float32")}
+    caches = {kv: m.new_cache(max(contexts) + (repeats * steps + 1) * len(contexts)) for kv, m in models.items()}
+    res: dict = {kv: {} for kv in models}
+    for ctx in contexts:
+        times: dict = {kv: [] for kv in models}
+        for kv, m in models.items():
+            m.forward(ids[caches[kv].pos:ctx], caches[kv], last_only=True)  # contexts grow: the cache catches up
+            m.forward([int(ids[0])], caches[kv])  # warm at this length
+        for _ in range(repeats):
+            for kv, m in models.items():
+                t = time.perf_counter()
+                for _ in range(steps):
+                    m.forward([int(ids[0])], caches[kv])
+                times[kv].append(steps / (time.perf_counter() - t))
+        for kv in models:
+            res[kv][ctx] = float(np.median(times[kv]))
+            log(f"  {kv} KV after {ctx} tokens: {res[kv][ctx]:.1f} tok/s ({min(times[kv]):.1f}-{max(times[kv]):.1f})")
+    for cache in caches.values():
         cache.close()
     return res
 
@@ -127,7 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length of each stream, in tokens")
     p.add_argument("--tokens", type=int, default=128, help="new tokens per stream")
     p.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048, 4096])
-    p.add_argument("--long-tokens", type=int, default=16, help="decode steps timed at each context")
+    p.add_argument("--long-tokens", type=int, default=32, help="decode steps timed at each context")
+    p.add_argument("--repeats", type=int, default=3, help="timings at each context, the dtypes taking turns")
+    p.add_argument("--no-streams", action="store_true", help="only the KV dtype comparison (streams kept from --out)")
     p.add_argument("--no-peers", action="store_true", help="skip llama-batched-bench")
     p.add_argument("--out", default=str(HERE / "batching.json"))
     args = p.parse_args(argv)
@@ -136,22 +145,26 @@ def main(argv=None) -> int:
     import awqinfer
     from awqinfer.engine.hub import default_gguf, default_model_dir
 
-    out = {"load_average_before": os.getloadavg(), "args": vars(args)}
-    log("concurrent streams (awqinfer, in process) ...")
-    llm = awqinfer.load(args.model, max_batch=max(args.streams))
-    prompt = llm.tokenizer.decode(prompt_ids(llm.tokenizer, args.prompt_tokens, llm.model.config.vocab_size))
-    one_stream(llm, prompt, 8, [])  # warm: compile, load caches
-    out["streams"] = streams(llm, args.streams, prompt, args.tokens, log)
-    out["newcomer"] = newcomer(llm, prompt, args.tokens, min(8, max(args.streams)), log)
-    if not args.no_peers and not args.model:
-        log("llama-batched-bench ...")
-        out["llama_batched"] = llama_tools.batched_bench(default_gguf(), 2, tuple(args.streams))
+    earlier = Path(args.out)
+    out = json.loads(earlier.read_text()) if args.no_streams and earlier.exists() else {}  # keep its streams
+    out.update(load_average_before=os.getloadavg(), args=vars(args))
+    if not args.no_streams:
+        log("concurrent streams (awqinfer, in process) ...")
+        llm = awqinfer.load(args.model, max_batch=max(args.streams))
+        prompt = llm.tokenizer.decode(prompt_ids(llm.tokenizer, args.prompt_tokens, llm.model.config.vocab_size))
+        one_stream(llm, prompt, 8, [])  # warm: compile, load caches
+        out["streams"] = streams(llm, args.streams, prompt, args.tokens, log)
+        out["newcomer"] = newcomer(llm, prompt, args.tokens, min(8, max(args.streams)), log)
+        if not args.no_peers and not args.model:
+            log("llama-batched-bench ...")
+            out["llama_batched"] = llama_tools.batched_bench(default_gguf(), 2, tuple(args.streams))
     log("KV dtype at long context ...")
     directory = Path(args.model) if args.model else default_model_dir()
-    out["kv"] = kv_dtypes(directory, args.contexts, args.long_tokens, log)
+    out["kv"] = kv_dtypes(directory, args.contexts, args.long_tokens, args.repeats, log)
     out["load_average_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(out, indent=1))
-    plot_streams(out, Path(args.out).with_suffix(".png"))
+    if "streams" in out:
+        plot_streams(out, Path(args.out).with_suffix(".png"))
     print(json.dumps(out, indent=1))
     return 0
 

@@ -192,7 +192,7 @@ def batching_section(b: dict) -> list[str]:
              f"Load average before/after: {fmt_load(b['load_average_before'])} / {fmt_load(b['load_average_after'])}.",
              "", "| streams | awqinfer aggregate tok/s | per stream | first chunk s | llama.cpp aggregate | ratio |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for n, r in sorted(b["streams"].items(), key=lambda x: int(x[0])):
+    for n, r in sorted(b.get("streams", {}).items(), key=lambda x: int(x[0])):
         theirs = peer.get(int(n), float("nan"))
         lines.append(f"| {n} | {r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['first_chunk_s']:.2f} | "
                      f"{theirs:.1f} | {r['aggregate'] / theirs:.2f} |")
