@@ -97,11 +97,8 @@ class LLM:
 
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template."""
-        if request.messages is not None:
-            return self.tokenizer.encode_chat(request.messages)
-        if request.raw:
-            return self.tokenizer.encode_raw(request.prompt)
-        return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
+        chat = request.chat
+        return self.tokenizer.encode_raw(request.prompt) if chat is None else self.tokenizer.encode_chat(chat)
 
     def _chunks(self, n_prompt: int, tokens: TokenStream) -> Iterator[dict]:
         """Generated tokens -> text chunks; stop tokens count as output but add no text."""

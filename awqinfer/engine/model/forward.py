@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from .fast_decode import DecodeState, decode_tokens
 from .rope import cos_sin
 from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
+
+LINEAR_INPUTS = ("qkv", "o_proj", "gate_up", "down_proj")  # decoder_layer's observations that feed a linear
 
 
 class Model:
@@ -76,22 +79,37 @@ class Model:
         device_zeros = None if self.backend is CPU else self.backend.zeros
         return KVCache(self.config, max_tokens, self.kv_dtype, device_zeros, wait=wait)
 
-    def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None) -> np.ndarray:
+    def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None,
+                observe=None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
         what generation needs, without a prompt-sized lm_head matmul. A single token
         on the CPU goes through the compiled step (fast_decode.py) unless ``fast``
         (default: ``self.fast``) is False; the code below is the reference.
+        ``observe(l, name, value)``, if given, sees what ``decoder_layer`` shows of each
+        layer ``l`` (engine/trace.py records it), then ``(None, "lm_head", logits)``: the
+        readable code below runs, observed. A single token that the compiled step would take
+        then goes through it too, over the same position (``(None, "compiled_step", logits)``):
+        its logits are returned and its keys and values stay in the cache, so an observed
+        generation samples exactly what an unobserved one does.
         """
         ids = self._check(ids, cache)
-        if len(ids) == 1:
+        if len(ids) == 1 and observe is None:
             return self.forward_batch(ids, [cache], fast)
         use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         cache.ensure(cache.pos + len(ids))
-        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)))
+        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), observe)
         cache.pos += len(ids)
-        return self._logits(x[-1:] if last_only else x)
+        logits = self._logits(x[-1:] if last_only else x)
+        if observe is None:
+            return logits
+        observe(None, "lm_head", logits)
+        if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
+            cache.pos -= 1
+            logits = self.forward_batch(ids, [cache], fast)
+            observe(None, "compiled_step", logits)
+        return logits
 
     def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None) -> np.ndarray:
         """One new token for each of B sequences: token b at position caches[b].pos. Logits (B, vocab) f32.
@@ -125,14 +143,17 @@ class Model:
         c = self.config
         return c.rope, c.head_dim, c.max_position_embeddings
 
-    def _layers(self, ids: np.ndarray, segments: list, angles: tuple) -> np.ndarray:
-        """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows)."""
+    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, observe=None) -> np.ndarray:
+        """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows).
+
+        ``observe(l, name, value)``: decoder_layer's observations, with the layer's index.
+        """
         c, w, ops = self.config, self.weights, self.backend
         cos, sin = (ops.to_device(a) for a in angles)
         x = ops.to_device(w.embed(ids))  # (T, H), the residual stream
         for l, layer in enumerate(w.layers):
             decoder_layer(ops, c, layer, x, [(cache.k[l], cache.v[l], start, rows) for cache, start, rows in segments],
-                          cos, sin)
+                          cos, sin, None if observe is None else partial(observe, l))
         return x
 
     def _logits(self, x) -> np.ndarray:
@@ -220,12 +241,20 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     segments: which rows of x belong to which sequence, as (k_cache, v_cache, start, rows):
     that sequence's cache of this layer (KV, S, D), where its rows' positions start, and
     the slice of rows. A prompt is one segment of T rows; a decode batch, B segments of one
-    row. cos, sin (T, D/2): each row's rotary angles. ``observe(name, input)``, if given,
-    sees the input of each linear ('qkv', 'o_proj', 'gate_up', 'down_proj') before it is
-    applied: the quantizer calibrates on these.
+    row. cos, sin (T, D/2): each row's rotary angles.
+
+    ``observe(name, value)``, if given, is called at each point of the layer, in this order:
+    'residual_in' (x entering), 'qkv' (the input of that linear), 'qkv_rotated' (q and k
+    rotated, v; the caches now hold every row's k and v), 'o_proj' (its input, the
+    attention's output), 'residual_mid' (x after the attention block), 'gate_up',
+    'down_proj' (their inputs), 'residual_out' (x leaving). The quantizer calibrates on
+    the LINEAR_INPUTS; engine/trace.py reports them all. Values are live arrays: copy
+    what you keep.
     """
     T = x.shape[0]
     h = ops.empty(x.shape)
+    if observe:
+        observe("residual_in", x)
     # attention block
     ops.rmsnorm(x, layer.input_norm, c.rms_norm_eps, h)
     if observe:
@@ -237,8 +266,11 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
         ops.store_kv(qkv[rows], k_cache, v_cache, start, c.num_attention_heads)
         ops.attention(qkv[rows], k_cache, v_cache, start, c.num_attention_heads, attn[rows])
     if observe:
+        observe("qkv_rotated", qkv)
         observe("o_proj", attn)
     ops.add_(x, layer.o_proj(attn))
+    if observe:
+        observe("residual_mid", x)
     # MLP block
     ops.rmsnorm(x, layer.post_norm, c.rms_norm_eps, h)
     if observe:
@@ -248,3 +280,5 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if observe:
         observe("down_proj", gate)
     ops.add_(x, layer.down_proj(gate))
+    if observe:
+        observe("residual_out", x)
