@@ -61,6 +61,8 @@ class TokenStream:
         return self
 
     def __next__(self) -> tuple[int, str | None]:
+        if not self._ended and self._entry.seq.cancel.is_set():  # tokens made after the cancel are not handed out
+            self.close()
         if self._ended:
             raise StopIteration
         item = self._entry.out.get()
