@@ -147,8 +147,9 @@ def main(argv=None) -> int:
 
     earlier = Path(args.out)
     out = json.loads(earlier.read_text()) if args.no_streams and earlier.exists() else {}  # keep its streams
-    out.update(load_average_before=os.getloadavg(), args=vars(args))
+    out["args"] = vars(args)
     if not args.no_streams:
+        out["load_average_before"] = os.getloadavg()
         log("concurrent streams (awqinfer, in process) ...")
         llm = awqinfer.load(args.model, max_batch=max(args.streams))
         prompt = llm.tokenizer.decode(prompt_ids(llm.tokenizer, args.prompt_tokens, llm.model.config.vocab_size))
@@ -158,10 +159,12 @@ def main(argv=None) -> int:
         if not args.no_peers and not args.model:
             log("llama-batched-bench ...")
             out["llama_batched"] = llama_tools.batched_bench(default_gguf(), 2, tuple(args.streams))
+        out["load_average_after"] = os.getloadavg()
     log("KV dtype at long context ...")
     directory = Path(args.model) if args.model else default_model_dir()
+    before = os.getloadavg()
     out["kv"] = kv_dtypes(directory, args.contexts, args.long_tokens, args.repeats, log)
-    out["load_average_after"] = os.getloadavg()
+    out["kv_load_average"] = [before, os.getloadavg()]
     Path(args.out).write_text(json.dumps(out, indent=1))
     if "streams" in out:
         plot_streams(out, Path(args.out).with_suffix(".png"))

@@ -185,13 +185,16 @@ def report(out) -> str:
 def batching_section(b: dict) -> list[str]:
     """benchmarks/batching.py's figures: concurrent streams against llama-batched-bench, and 16- vs 32-bit KV."""
     peer = {int(n): v for n, v in b.get("llama_batched", {}).items()}
-    lines = ["", "## Concurrent streams (continuous batching), greedy, "
-             f"up to {b['args']['tokens']} new tokens a stream", "",
-             "N threads call `LLM.run(stream=True)` at once (`python -m benchmarks.batching`); aggregate = the sum "
-             "of the streams' decode tokens/s. llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
-             f"Load average before/after: {fmt_load(b['load_average_before'])} / {fmt_load(b['load_average_after'])}.",
-             "", "| streams | awqinfer aggregate tok/s | per stream | first chunk s | llama.cpp aggregate | ratio |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = []
+    if "streams" in b:
+        lines += ["", "## Concurrent streams (continuous batching), greedy, "
+                  f"up to {b['args']['tokens']} new tokens a stream", "",
+                  "N threads call `LLM.run(stream=True)` at once (`python -m benchmarks.batching`); aggregate = the "
+                  "sum of the streams' decode tokens/s. llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
+                  f"Load average before/after: {fmt_load(b['load_average_before'])} / "
+                  f"{fmt_load(b['load_average_after'])}.", "",
+                  "| streams | awqinfer aggregate tok/s | per stream | first chunk s | llama.cpp aggregate | ratio |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, r in sorted(b.get("streams", {}).items(), key=lambda x: int(x[0])):
         theirs = peer.get(int(n), float("nan"))
         lines.append(f"| {n} | {r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['first_chunk_s']:.2f} | "
@@ -203,12 +206,15 @@ def batching_section(b: dict) -> list[str]:
     if "kv" in b:
         kv = b["kv"]
         contexts = sorted(kv["float16"], key=int)
-        lines += ["", "Decode tokens/s after a long context, `Model.forward`, float16 against float32 KV caches:", "",
+        before, after = b["kv_load_average"]
+        lines += ["", "Decode tokens/s after a long context, `Model.forward`, float16 against float32 KV caches "
+                  f"(median of {b['args']['repeats']} turns each; load average {fmt_load(before)} / {fmt_load(after)}):",
+                  "",
                   "| KV | " + " | ".join(f"after {c}" for c in contexts) + " |",
                   "| --- | " + " | ".join("---:" for _ in contexts) + " |"]
         lines += [f"| {dtype} | " + " | ".join(f"{kv[dtype][c]:.1f}" for c in contexts) + " |" for dtype in kv]
         lines.append("| gain | " + " | ".join(f"{kv['float16'][c] / kv['float32'][c]:.2f}x" for c in contexts) + " |")
-    return lines + ["", "![aggregate decode tokens/s against concurrent streams](batching.png)"]
+    return lines + (["", "![aggregate decode tokens/s against concurrent streams](batching.png)"] if "streams" in b else [])
 
 
 def plot_streams(b: dict, path: Path) -> bool:
