@@ -51,8 +51,10 @@ class Sequence:
     """
 
     def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                 cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None):
+                 cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
+                 adapter: str | None = None):
         self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
+        self.adapter = adapter  # the LoRA adapter every step of this sequence applies (None: the base model)
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
         # the cache holds the prompt and every token but the last (never fed back), capped at the context
@@ -81,7 +83,7 @@ class Sequence:
     def prefill_chunk(self) -> bool:
         """Feed the next PREFILL_CHUNK prompt tokens; True once the whole prompt is in (logits set)."""
         chunk = self.prompt_ids[self.prefilled:self.prefilled + PREFILL_CHUNK]
-        self.logits = self.model.forward(chunk, self.cache, last_only=True)[0]
+        self.logits = self.model.forward(chunk, self.cache, last_only=True, adapter=self.adapter)[0]
         self.prefilled += len(chunk)
         if self.on_prefill is not None:
             self.on_prefill(self.prefilled, len(self.prompt_ids))
@@ -107,14 +109,16 @@ class Sequence:
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                     cancel: threading.Event | None = None,
-                    on_prefill: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, str | None]]:
+                    on_prefill: Callable[[int, int], None] | None = None,
+                    adapter: str | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
     The readable generation loop; the scheduler runs the same Sequence steps for many sequences
     at once. The caller has checked the prompt (``check_prompt``); ``Model.forward`` checks ids
     and cache again before any kernel. Closing the generator early frees the cache with it.
+    ``adapter``: a loaded LoRA adapter's name, applied at every step.
     """
-    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter)
     seq.start()
     try:
         while not seq.cancel.is_set() and not seq.prefill_chunk():
@@ -124,6 +128,6 @@ def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams,
             yield token, reason
             if reason is not None:
                 return
-            seq.logits = model.forward([token], seq.cache, last_only=True)[0]
+            seq.logits = model.forward([token], seq.cache, last_only=True, adapter=adapter)[0]
     finally:
         seq.close()
