@@ -292,3 +292,28 @@ def test_cli_run_with_an_adapter(tiny_qwen2_awq, two_adapters):
     alone = cli("run", "--model", tiny_qwen2_awq, "--lora", "beta", "Hello")
     assert alone.returncode == 2
     one_line_error(alone, "--lora-dir")
+
+
+def test_kernel_equals_the_numpy_twin_row_by_row():
+    """kernels/lora.py's lora_add against adapters.add_lora: 3 adapters of ranks 5, 0 (not this projection), 2."""
+    from awqinfer.engine.model.adapters import add_lora
+    from awqinfer.kernels.lora import LoraStack, lora_add
+
+    rng = np.random.default_rng(0)
+    R, K, parts = 5, 48, np.array([[0, 32], [32, 40], [40, 48]], np.int64)
+    rank = np.array([5, 0, 2], np.int64)
+    a = rng.standard_normal((3, 2, 3 * R, K)).astype(np.float32)
+    b = rng.standard_normal((3, 2, R, 48)).astype(np.float32)
+    for i, r in enumerate(rank):  # padding beyond an adapter's rank is zero, as Adapters lays it out
+        a[i, :, np.arange(3 * R) % R >= r] = 0
+        b[i, :, r:] = 0
+    stack = LoraStack(a, b, parts, rank, np.zeros(3 * R, np.float32))
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    rows = np.array([2, -1, 0, 1, 0], np.int64)
+    base = rng.standard_normal((5, 48)).astype(np.float32)
+    got, want = base.copy(), base.copy()
+    lora_add(x, stack, 1, rows, got)
+    add_lora(stack, 1, [(int(i), slice(r, r + 1)) for r, i in enumerate(rows) if i >= 0], x, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[[1, 3]], base[[1, 3]])  # no adapter, or one that skips this projection
+    assert np.abs(got[0] - base[0]).max() > 0.1

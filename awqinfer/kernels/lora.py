@@ -7,8 +7,9 @@ product differs per row. engine/model/adapters.py stacks every loaded adapter of
 projection into a ``LoraStack`` (scale folded into B), padded to the largest rank R:
 
     qkv holds three parts (q, k, v), gate_up two (gate, up), o_proj and down_proj one.
-    Part p of adapter a uses rows p*R .. p*R + rank[a] of a[a, l] and writes its own output
-    rows n, whose B row b[a, l, n] multiplies t[offset[n] .. offset[n] + rank[a]].
+    Part p of adapter a: t = rows p*R .. p*R + rank[a] of a[a, l] times x, then its output
+    columns parts[p, 0] .. parts[p, 1] get t @ b[a, l, :rank[a]] (B stored transposed, (R, N),
+    so that this is a contiguous multiply-add along the outputs).
 
 A part the adapter does not target is zeros; a projection it does not target has rank 0
 and is skipped. The readable forward computes the same sum with numpy
@@ -27,8 +28,8 @@ class LoraStack(NamedTuple):
     """Every loaded adapter of one fused projection, over all layers, padded to the largest rank R."""
 
     a: np.ndarray  # (n_adapters, L, P * R, K) f32: the parts' A matrices, part p at rows p*R..
-    b: np.ndarray  # (n_adapters, L, N, R) f32: B times the adapter's scale, each output row its part's
-    offset: np.ndarray  # (N,) int64: where output row n's rank block starts in A's rows (its part * R)
+    b: np.ndarray  # (n_adapters, L, R, N) f32: B transposed, times the adapter's scale
+    parts: np.ndarray  # (P, 2) int64: each part's output columns [lo, hi) (q, k, v of qkv, ...)
     rank: np.ndarray  # (n_adapters,) int64: the adapter's rank, 0 where it leaves this projection alone
     t: np.ndarray  # (P * R,) f32 scratch: A @ x of one row
 
@@ -51,10 +52,9 @@ def lora_add(x, stack, layer, adapters, out):
     bounds); out (B, N) f32: the projection's output, added to in place. One thread: the
     product is ~1-3% of the projection it rides on at rank 8.
     """
-    n_rank = stack.b.shape[3]
+    n_rank = stack.b.shape[2]
     if n_rank == 0:
         return
-    n_parts = stack.a.shape[2] // n_rank
     t = stack.t
     for row in range(x.shape[0]):
         a = adapters[row]
@@ -65,16 +65,15 @@ def lora_add(x, stack, layer, adapters, out):
             continue
         a_mat = stack.a[a, layer]
         b_mat = stack.b[a, layer]
-        for p in range(n_parts):
+        for p in range(stack.parts.shape[0]):
             for j in range(r):
                 i = p * n_rank + j
                 acc = np.float32(0.0)
                 for k in range(x.shape[1]):
                     acc += a_mat[i, k] * x[row, k]
                 t[i] = acc
-        for n in range(out.shape[1]):
-            o = stack.offset[n]
-            acc = np.float32(0.0)
+        for p in range(stack.parts.shape[0]):
             for j in range(r):
-                acc += b_mat[n, j] * t[o + j]
-            out[row, n] += acc
+                c = t[p * n_rank + j]
+                for n in range(stack.parts[p, 0], stack.parts[p, 1]):
+                    out[row, n] += c * b_mat[j, n]

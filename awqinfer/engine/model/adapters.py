@@ -80,7 +80,7 @@ class Adapters:
             ranks = np.array([ad.rank if name in ad.weights else 0 for ad in adapters], np.int64)
             R = int(ranks.max(initial=0))
             a = np.zeros((len(adapters), c.num_hidden_layers, parts * R, K), np.float32)
-            b = np.zeros((len(adapters), c.num_hidden_layers, N, R), np.float32)
+            b = np.zeros((len(adapters), c.num_hidden_layers, R, N), np.float32)  # B transposed
             for i, ad in enumerate(adapters):
                 if name not in ad.weights:
                     continue
@@ -88,9 +88,10 @@ class Adapters:
                 r = ad.rank
                 for p in range(parts):
                     a[i, :, p * R:p * R + r] = ad_a[:, p * r:(p + 1) * r]
-                b[i, :, :, :r] = ad_b
-            offset = np.repeat(np.arange(parts, dtype=np.int64) * R, [n for _, n in proj.parts])
-            stacks[name] = LoraStack(a, b, offset, ranks, np.zeros(parts * R, np.float32))
+                b[i, :, :r] = ad_b.transpose(0, 2, 1)
+            ends = np.cumsum([n for _, n in proj.parts])
+            columns = np.stack([ends - [n for _, n in proj.parts], ends], axis=1).astype(np.int64)  # (P, 2)
+            stacks[name] = LoraStack(a, b, columns, ranks, np.zeros(parts * R, np.float32))
         return LoraLayers(**stacks)
 
 
@@ -107,12 +108,11 @@ def add_lora(stack: LoraStack, layer: int, groups: list, x: np.ndarray, out: np.
 
     x (T, K) f32, the projection's input; out (T, N) f32, its output; groups from ``row_groups``.
     """
-    R = stack.b.shape[3]
+    R = stack.b.shape[2]
     for index, rows in groups:
         r = int(stack.rank[index])
         if r == 0:
             continue
         t = x[rows] @ stack.a[index, layer].T  # (rows, P * R): each part's A x
-        for lo in np.unique(stack.offset):  # each part: its block of A's rows, its output rows
-            part = stack.offset == lo
-            out[rows, part] += t[:, lo:lo + r] @ stack.b[index, layer, part, :r].T
+        for p, (lo, hi) in enumerate(stack.parts):  # each part: its block of A's rows, its output columns
+            out[rows, lo:hi] += t[:, p * R:p * R + r] @ stack.b[index, layer, :r, lo:hi]
