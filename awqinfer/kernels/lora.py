@@ -49,8 +49,8 @@ def lora_add(x, stack, layer, adapters, out):
 
     x (B, K) f32: the projection's input; stack: LoraStack; layer: which layer's matrices;
     adapters (B,) int64 in -1..n_adapters-1 (checked by the caller: Numba does not check
-    bounds); out (B, N) f32: the projection's output, added to in place. One thread: the
-    product is ~1-3% of the projection it rides on at rank 8.
+    bounds); out (B, N) f32: the projection's output, added to in place. One thread: at small
+    ranks the product is small next to the projection it rides on (benchmarks/lora.py measures it).
     """
     n_rank = stack.b.shape[2]
     if n_rank == 0:
