@@ -69,7 +69,7 @@ def twins(tmp_path_factory, request):
     ("tiny_llama_awq", {"r": 2, "lora_alpha": 5, "target_modules": MLP, "lora_dropout": 0.3}),
     ("tiny_qwen2_awq", {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj", "down_proj"],
                         "use_rslora": True}),
-    ("tiny_qwen2_awq", {"r": 4, "lora_alpha": 4, "target_modules": "all-linear", "fan_in_fan_out": True}),
+    ("tiny_qwen2_awq", {"r": 4, "lora_alpha": 4, "target_modules": "all-linear"}),  # saved as full module names
 ])
 def test_logits_match_peft(fixture, lora, twins, request, tmp_path):
     """Prefill and decode with an adapter equal peft's logits, compiled and readable; greedy text equal."""
@@ -241,6 +241,16 @@ def test_bad_adapters_are_refused_by_name(tiny_qwen2, two_adapters, tmp_path, co
         llm.model.add_adapters({"good": two_adapters / "beta", "bad": bad})
     assert str(bad) in str(err.value)
     assert llm.adapters == [] and llm.model.adapters.stacks is stacks
+
+
+def test_training_only_settings_change_nothing(tiny_qwen2_awq, two_adapters, tmp_path):
+    """lora_dropout (training only) and fan_in_fan_out (peft turns it off on nn.Linear) load and give the same logits."""
+    _adapter_copy(two_adapters / "alpha", tmp_path / "a" / "same", {"fan_in_fan_out": True, "lora_dropout": 0.5})
+    llm = awqinfer.load(tiny_qwen2_awq, lora_dir=two_adapters)
+    llm.add_adapter("same", tmp_path / "a" / "same")
+    ids = PROMPT + STEPS
+    np.testing.assert_array_equal(our_logits(llm.model, ids, len(PROMPT), "same", True),
+                                  our_logits(llm.model, ids, len(PROMPT), "alpha", True))
 
 
 def test_missing_and_corrupt_files(tiny_qwen2, two_adapters, tmp_path):

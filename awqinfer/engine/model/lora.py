@@ -135,7 +135,10 @@ def _settings(cfg_path: Path, config: ModelConfig) -> tuple[int, float, list | s
         raise CheckpointError(f"{cfg_path}: use_rslora is {rslora!r}; allowed: true or false")
     targets = cfg.get("target_modules")
     known = {suffix.rsplit(".", 1)[1] for suffix in _suffixes(config)}
-    if isinstance(targets, list):
+    if isinstance(targets, list):  # peft matches an entry against a module name's end: "q_proj", "...0.mlp.up_proj"
+        if not all(isinstance(name, str) for name in targets):
+            raise CheckpointError(f"{cfg_path}: target_modules is {targets!r}; allowed: module names")
+        targets = sorted({name.rsplit(".", 1)[-1] for name in targets})
         for name in targets:
             if name not in known:
                 raise CheckpointError(f"{cfg_path}: target module {name!r} is not one awqinfer can adapt; allowed: "
