@@ -3,9 +3,12 @@
 Two raw loops on the default model (SmolLM2-135M, AWQ 4-bit), each run without adapters and
 with rank-8 adapters on all seven projections, interleaved repeat by repeat:
 
-    1 stream     ``Model.forward`` token by token (the compiled step, B = 1): tokens/s
+    1 stream     one sequence, token by token (the compiled step, B = 1): tokens/s
     8 streams    ``Model.forward_batch`` over 8 sequences, with 4 different adapters (2 rows
                  each) against none: aggregate tokens/s of the batch
+
+The batch without adapters and the batch with them step alternately, one step each, so a
+busy neighbour (the machine is shared) slows both alike.
 
 The adapters are random, written in PEFT's file format (adapter_config.json +
 adapter_model.safetensors) by this script, and loaded through ``awqinfer.load(lora_dir=...)``
@@ -52,33 +55,29 @@ def write_adapter(directory: Path, config, rank: int, seed: int) -> None:
         "target_modules": [m.rsplit(".", 1)[1] for m in MODULES], "use_rslora": False, "use_dora": False}))
 
 
-def one_stream(model, adapter, tokens: int) -> float:
-    """Tokens/s of ``tokens`` single-token steps after a short prompt, with ``adapter`` (or none)."""
-    cache = model.new_cache(tokens + 16)
-    logits = model.forward(list(range(10, 26)), cache, last_only=True, adapter=adapter)
-    start = time.perf_counter()
-    for _ in range(tokens):
-        logits = model.forward([int(logits[-1].argmax())], cache, adapter=adapter)
-    seconds = time.perf_counter() - start
-    cache.close()
-    return tokens / seconds
+def paired(model, adapters, rows: int, tokens: int) -> tuple[float, float]:
+    """Aggregate tokens/s of ``rows`` sequences stepped ``tokens`` times without adapters and with ``adapters``.
 
-
-def eight_streams(model, adapters, tokens: int) -> float:
-    """Aggregate tokens/s of 8 sequences stepped together ``tokens`` times, row b with adapters[b]."""
-    caches = [model.new_cache(tokens + 16) for _ in range(8)]
-    for b, cache in enumerate(caches):
-        model.forward(list(range(10 + b, 26 + b)), cache, adapter=adapters[b] if adapters else None)
-    ids = np.arange(8, dtype=np.int64) + 100
-    start = time.perf_counter()
+    The two batches step alternately, one step each, so that a busy neighbour slows both alike.
+    """
+    timed = {}
+    for label, names in (("none", None), ("lora", adapters)):
+        caches = [model.new_cache(tokens + 16) for _ in range(rows)]
+        for b, cache in enumerate(caches):
+            model.forward(list(range(10 + b, 26 + b)), cache, adapter=names[b] if names else None)
+        timed[label] = [caches, names, np.arange(rows, dtype=np.int64) + 100, 0.0]
     for _ in range(tokens):
-        logits = model.forward_batch(ids, caches, adapters=adapters)
-        ids = logits.argmax(axis=1)
-    seconds = time.perf_counter() - start
-    for cache in caches:
-        cache.close()
+        for entry in timed.values():
+            caches, names, ids, _ = entry
+            start = time.perf_counter()
+            logits = model.forward_batch(ids, caches, adapters=names)
+            entry[3] += time.perf_counter() - start
+            entry[2] = logits.argmax(axis=1)
+    for caches, *_ in timed.values():
+        for cache in caches:
+            cache.close()
     model.forget_caches()
-    return 8 * tokens / seconds
+    return rows * tokens / timed["none"][3], rows * tokens / timed["lora"][3]
 
 
 def main() -> int:
@@ -86,35 +85,35 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64, help="decode steps per measurement (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     p.add_argument("--rank", type=int, default=8, help="the adapters' rank (default 8)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="kernel threads, fixed (default 1): the thread chooser's probes would land on one side")
     args = p.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         config = awqinfer.load().model.config
         for i in range(4):
             write_adapter(Path(tmp) / f"a{i}", config, args.rank, seed=i)
-        llm = awqinfer.load(lora_dir=tmp)
+        llm = awqinfer.load(lora_dir=tmp, threads=args.threads)
     model = llm.model
-    runs = {"1 stream": [("none", None), ("rank-8 adapter", "a0")],
-            "8 streams": [("none", None), ("4 adapters x 2", ["a0", "a1", "a2", "a3"] * 2)]}
-    one_stream(model, "a0", 8)  # compile / warm up both kernels' paths
-    eight_streams(model, ["a0", "a1", "a2", "a3"] * 2, 4)
-    found = {(case, label): [] for case, pairs in runs.items() for label, _ in pairs}
+    runs = {"1 stream (one adapter)": ["a0"], "8 streams (4 adapters x 2)": ["a0", "a1", "a2", "a3"] * 2}
+    paired(model, runs["8 streams (4 adapters x 2)"], 8, 4)  # compile / warm up
+    found = {case: ([], []) for case in runs}
     for _ in range(args.repeats):
-        for case, pairs in runs.items():
-            for label, adapter in pairs:
-                measure = one_stream if case == "1 stream" else eight_streams
-                found[case, label].append(measure(model, adapter, args.tokens))
+        for case, names in runs.items():
+            none, lora = paired(model, names, len(names), args.tokens)
+            found[case][0].append(none)
+            found[case][1].append(lora)
     load_after = os.getloadavg()
     print(f"## LoRA adapters in decode (`python -m benchmarks.lora --tokens {args.tokens} --repeats "
           f"{args.repeats}`)\n")
-    print(f"Default model, rank-{args.rank} adapters on all seven projections, raw loops (greedy), tokens/s; "
-          f"medians over {args.repeats} interleaved repeats, min-max in brackets. Load average before / after: "
+    print(f"Default model, rank-{args.rank} adapters on all seven projections, {args.threads} kernel thread(s), "
+          f"raw loops (greedy), tokens/s; "
+          f"alternate steps, medians over {args.repeats} repeats, min-max in brackets. Load average before / after: "
           f"{', '.join(f'{x:.1f}' for x in load_before)} / {', '.join(f'{x:.1f}' for x in load_after)}.\n")
     print("| decode | no adapter | with adapters | with / without |\n| --- | --- | --- | --- |")
-    for case, pairs in runs.items():
-        (_, base), (label, lora) = [(lbl, found[case, lbl]) for lbl, _ in pairs]
-        fmt = lambda xs: f"{np.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
-        print(f"| {case} ({label}) | {fmt(base)} | {fmt(lora)} | {np.median(lora) / np.median(base):.2f}x |")
+    fmt = lambda xs: f"{np.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
+    for case, (base, lora) in found.items():
+        print(f"| {case} | {fmt(base)} | {fmt(lora)} | {np.median(lora) / np.median(base):.2f}x |")
     return 0
 
 
