@@ -253,6 +253,18 @@ def test_training_only_settings_change_nothing(tiny_qwen2_awq, two_adapters, tmp
                                   our_logits(llm.model, ids, len(PROMPT), "alpha", True))
 
 
+def test_half_precision_adapters(tiny_qwen2_awq, two_adapters, tmp_path):
+    """fp16 tensors (as many trainers save them) load, widened exactly: the same logits as the f32 file rounded to f16."""
+    rounded = lambda w: {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+    _adapter_copy(two_adapters / "alpha", tmp_path / "a" / "f16", tensors=lambda w: {
+        k: v.astype(np.float16) for k, v in w.items()})
+    _adapter_copy(two_adapters / "alpha", tmp_path / "a" / "f32", tensors=rounded)
+    llm = awqinfer.load(tiny_qwen2_awq, lora_dir=tmp_path / "a")
+    ids = PROMPT + STEPS
+    np.testing.assert_array_equal(our_logits(llm.model, ids, len(PROMPT), "f16", True),
+                                  our_logits(llm.model, ids, len(PROMPT), "f32", True))
+
+
 def test_missing_and_corrupt_files(tiny_qwen2, two_adapters, tmp_path):
     llm = awqinfer.load(tiny_qwen2)
     with pytest.raises(CheckpointError, match="no such adapter directory"):
