@@ -3,8 +3,8 @@
 from .engine.llm import LLM, load, run
 from .engine.quant.quantize import quantize
 from .errors import (AwqinferError, Cancelled, CheckpointError, DeviceError, InputError, ModelNotFoundError,
-                     TemplateCheckpointError, TemplateError, TemplateInputError)
+                     QueueFull, TemplateCheckpointError, TemplateError, TemplateInputError)
 
 __all__ = ["load", "run", "quantize", "LLM", "AwqinferError", "Cancelled", "CheckpointError", "DeviceError",
-           "InputError", "ModelNotFoundError", "TemplateError", "TemplateInputError", "TemplateCheckpointError"]
+           "InputError", "ModelNotFoundError", "QueueFull", "TemplateError", "TemplateInputError", "TemplateCheckpointError"]
 __version__ = "0.1.0"

@@ -6,10 +6,10 @@ import sys
 
 import awqinfer
 
-from . import chat, convert, models, quantize, run
+from . import chat, convert, models, quantize, run, trace
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, compile_notice, fail
 
-COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize}  # name -> module
+COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize, "trace": trace}
 
 
 def build_parser() -> Parser:

@@ -11,5 +11,6 @@
     logits -> the next id                   text/sampling.py
     prompt -> a stream of ids               text/generate.py
     all of it behind one object             llm.py (LLM, load, run)
+    one generation, shown step by step      trace.py (the readable path, observed: awqinfer trace)
     building checkpoints (offline)          quant/ (rounding, calibration, awq_search, quantize)
 """

@@ -98,7 +98,8 @@ class LLM:
         self.model.adapters.index(request.lora)  # an adapter that is not loaded: InputError naming those that are
         prompt_ids = self.prompt_ids(request)
         check_prompt(self.model, prompt_ids)
-        seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill, request.lora)
+        seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill,
+                       adapter=request.lora)
         chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
         return chunks if request.stream else join_chunks(chunks)
 
@@ -116,11 +117,8 @@ class LLM:
 
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template."""
-        if request.messages is not None:
-            return self.tokenizer.encode_chat(request.messages)
-        if request.raw:
-            return self.tokenizer.encode_raw(request.prompt)
-        return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
+        chat = request.chat
+        return self.tokenizer.encode_raw(request.prompt) if chat is None else self.tokenizer.encode_chat(chat)
 
     def _chunks(self, n_prompt: int, tokens: TokenStream) -> Iterator[dict]:
         """Generated tokens -> text chunks; stop tokens count as output but add no text."""

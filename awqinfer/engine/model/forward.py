@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from .fast_decode import DecodeState, decode_tokens
 from .rope import cos_sin
 from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
+
+LINEAR_INPUTS = ("qkv", "o_proj", "gate_up", "down_proj")  # decoder_layer's observations that feed a linear
 
 
 class Model:
@@ -90,24 +93,39 @@ class Model:
         return KVCache(self.config, max_tokens, self.kv_dtype, device_zeros, wait=wait)
 
     def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None,
-                adapter: str | None = None) -> np.ndarray:
+                observe=None, adapter: str | None = None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
         what generation needs, without a prompt-sized lm_head matmul. A single token
         on the CPU goes through the compiled step (fast_decode.py) unless ``fast``
-        (default: ``self.fast``) is False; the code below is the reference. ``adapter``: the name
-        of a loaded LoRA adapter to apply (None: the base model).
+        (default: ``self.fast``) is False; the code below is the reference.
+        ``observe(l, name, value)``, if given, sees what ``decoder_layer`` shows of each
+        layer ``l`` (engine/trace.py records it), then ``(None, "lm_head", logits)``: the
+        readable code below runs, observed. A single token that the compiled step would take
+        then goes through it too, over the same position (``(None, "compiled_step", logits)``):
+        its logits are returned and its keys and values stay in the cache, so an observed
+        generation samples exactly what an unobserved one does. ``adapter``: the name of a
+        loaded LoRA adapter to apply (None: the base model).
         """
         ids = self._check(ids, cache)
-        if len(ids) == 1:
+        if len(ids) == 1 and observe is None:
             return self.forward_batch(ids, [cache], fast, [adapter])
         rows = self.adapters.rows([adapter], 1)
         use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         cache.ensure(cache.pos + len(ids))
-        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), rows)
+        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), rows,
+                         observe)
         cache.pos += len(ids)
-        return self._logits(x[-1:] if last_only else x)
+        logits = self._logits(x[-1:] if last_only else x)
+        if observe is None:
+            return logits
+        observe(None, "lm_head", logits)
+        if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
+            cache.pos -= 1
+            logits = self.forward_batch(ids, [cache], fast, [adapter])
+            observe(None, "compiled_step", logits)
+        return logits
 
     def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None,
                       adapters: list[str | None] | None = None) -> np.ndarray:
@@ -145,10 +163,12 @@ class Model:
         c = self.config
         return c.rope, c.head_dim, c.max_position_embeddings
 
-    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, adapter_rows: np.ndarray) -> np.ndarray:
+    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, adapter_rows: np.ndarray,
+                observe=None) -> np.ndarray:
         """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows).
 
         adapter_rows: each segment's LoRA adapter index (adapters.py), -1 for none.
+        ``observe(l, name, value)``: decoder_layer's observations, with the layer's index.
         """
         c, w, ops = self.config, self.weights, self.backend
         cos, sin = (ops.to_device(a) for a in angles)
@@ -157,7 +177,7 @@ class Model:
         for l, layer in enumerate(w.layers):
             lora = (lambda name, inp, out, l=l: add_lora(getattr(stacks, name), l, groups, inp, out)) if groups else None
             decoder_layer(ops, c, layer, x, [(cache.k[l], cache.v[l], start, rows) for cache, start, rows in segments],
-                          cos, sin, lora=lora)
+                          cos, sin, None if observe is None else partial(observe, l), lora)
         return x
 
     def _logits(self, x) -> np.ndarray:
@@ -246,13 +266,21 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     segments: which rows of x belong to which sequence, as (k_cache, v_cache, start, rows):
     that sequence's cache of this layer (KV, S, D), where its rows' positions start, and
     the slice of rows. A prompt is one segment of T rows; a decode batch, B segments of one
-    row. cos, sin (T, D/2): each row's rotary angles. ``observe(name, input)``, if given,
-    sees the input of each linear ('qkv', 'o_proj', 'gate_up', 'down_proj') before it is
-    applied: the quantizer calibrates on these. ``lora(name, input, output)``, if given, adds
-    the LoRA deltas of the rows that carry an adapter to each projection's output.
+    row. cos, sin (T, D/2): each row's rotary angles.
+
+    ``observe(name, value)``, if given, is called at each point of the layer, in this order:
+    'residual_in' (x entering), 'qkv' (the input of that linear), 'qkv_rotated' (q and k
+    rotated, v; the caches now hold every row's k and v), 'o_proj' (its input, the
+    attention's output), 'residual_mid' (x after the attention block), 'gate_up',
+    'down_proj' (their inputs), 'residual_out' (x leaving). The quantizer calibrates on
+    the LINEAR_INPUTS; engine/trace.py reports them all. Values are live arrays: copy
+    what you keep. ``lora(name, input, output)``, if given, adds the LoRA deltas of the
+    rows that carry an adapter to each projection's output.
     """
     T = x.shape[0]
     h = ops.empty(x.shape)
+    if observe:
+        observe("residual_in", x)
     # attention block
     ops.rmsnorm(x, layer.input_norm, c.rms_norm_eps, h)
     if observe:
@@ -266,11 +294,14 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
         ops.store_kv(qkv[rows], k_cache, v_cache, start, c.num_attention_heads)
         ops.attention(qkv[rows], k_cache, v_cache, start, c.num_attention_heads, attn[rows])
     if observe:
+        observe("qkv_rotated", qkv)
         observe("o_proj", attn)
     out = layer.o_proj(attn)
     if lora:
         lora("o_proj", attn, out)
     ops.add_(x, out)
+    if observe:
+        observe("residual_mid", x)
     # MLP block
     ops.rmsnorm(x, layer.post_norm, c.rms_norm_eps, h)
     if observe:
@@ -286,3 +317,5 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if lora:
         lora("down_proj", gate, out)
     ops.add_(x, out)
+    if observe:
+        observe("residual_out", x)

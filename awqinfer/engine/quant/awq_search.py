@@ -43,7 +43,7 @@ import numpy as np
 
 from ..checkpoint.config import ModelConfig
 from ..model.backend import CPU
-from ..model.forward import decoder_layer
+from ..model.forward import LINEAR_INPUTS, decoder_layer
 from ..model.linear import DenseLinear
 from ..model.rope import cos_sin
 from ..model.weights import LayerWeights
@@ -177,6 +177,8 @@ class AwqCalibration:
 
         for i in range(n):
             def observe(name, value, i=i):
+                if name not in LINEAR_INPUTS:
+                    return
                 if name not in inputs:
                     inputs[name] = np.empty((n * t, value.shape[1]), np.float32)
                 inputs[name][i * t:(i + 1) * t] = value

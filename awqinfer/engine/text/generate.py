@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..model.cache import KVCache, max_context
 from ..model.forward import Model
-from .sampling import History, SamplingParams, next_token
+from .sampling import History, SamplingParams, next_token, unobserved
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: a cancel or a progress report waits at most one chunk
 
@@ -47,16 +47,23 @@ class Sequence:
     The steps are the same whether a sequence runs alone (``generate_tokens``) or batched with
     others (scheduler.py): ``start`` makes the cache, ``prefill_chunk`` feeds the prompt a
     chunk at a time, ``sample`` draws the next token from ``logits`` and says whether it is the
-    last, and whoever runs the model puts the next logits back into ``logits``.
+    last, and whoever runs the model puts the next logits back into ``logits`` (``feed`` when
+    the sequence runs alone).
+
+    ``observer``, if given, watches the readable path: an object whose ``layer(l, name, value)``
+    goes to Model.forward's ``observe`` (which then runs every token through decoder_layer)
+    and whose ``sampling(step, value)`` goes to sampling.probabilities' (engine/trace.py).
     """
 
     def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                  cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
-                 adapter: str | None = None):
+                 observer=None, adapter: str | None = None):
         self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
         self.adapter = adapter  # the LoRA adapter every step of this sequence applies (None: the base model)
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
+        self._observe_layer = observer.layer if observer is not None else None
+        self._observe_sampling = observer.sampling if observer is not None else unobserved
         # the cache holds the prompt and every token but the last (never fed back), capped at the context
         self.capacity = min(len(self.prompt_ids) + params.max_tokens - 1, max_context(model.config))
         self.cache: KVCache | None = None
@@ -83,7 +90,8 @@ class Sequence:
     def prefill_chunk(self) -> bool:
         """Feed the next PREFILL_CHUNK prompt tokens; True once the whole prompt is in (logits set)."""
         chunk = self.prompt_ids[self.prefilled:self.prefilled + PREFILL_CHUNK]
-        self.logits = self.model.forward(chunk, self.cache, last_only=True, adapter=self.adapter)[0]
+        self.logits = self.model.forward(chunk, self.cache, last_only=True, observe=self._observe_layer,
+                                         adapter=self.adapter)[0]
         self.prefilled += len(chunk)
         if self.on_prefill is not None:
             self.on_prefill(self.prefilled, len(self.prompt_ids))
@@ -91,7 +99,7 @@ class Sequence:
 
     def sample(self) -> tuple[int, str | None]:
         """The next token from ``logits``, and "stop", "length" or None (more to come)."""
-        token = next_token(self.logits, self.history, self.params, self.rng)
+        token = next_token(self.logits, self.history, self.params, self.rng, self._observe_sampling)
         self.generated += 1
         self.logits = None
         if token in self.stop_ids:
@@ -100,6 +108,22 @@ class Sequence:
             return token, "length"
         self.history.add(token)
         return token, None
+
+    def feed(self, token: int) -> None:
+        """Run the sampled ``token`` through the model alone: ``logits`` for the one after it."""
+        self.logits = self.model.forward([token], self.cache, last_only=True, observe=self._observe_layer,
+                                         adapter=self.adapter)[0]
+
+    def tokens(self) -> Iterator[tuple[int, str | None]]:
+        """The readable generation loop of a started sequence: prefill, then sample and feed until the last."""
+        while not self.cancel.is_set() and not self.prefill_chunk():
+            pass
+        while not self.cancel.is_set():
+            token, reason = self.sample()
+            yield token, reason
+            if reason is not None:
+                return
+            self.feed(token)
 
     def close(self) -> None:
         """Free the cache now (its memory and its budget reservation)."""
@@ -113,21 +137,14 @@ def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams,
                     adapter: str | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
-    The readable generation loop; the scheduler runs the same Sequence steps for many sequences
-    at once. The caller has checked the prompt (``check_prompt``); ``Model.forward`` checks ids
-    and cache again before any kernel. Closing the generator early frees the cache with it.
-    ``adapter``: a loaded LoRA adapter's name, applied at every step.
+    The readable generation loop (``Sequence.tokens``); the scheduler runs the same Sequence
+    steps for many sequences at once. The caller has checked the prompt (``check_prompt``);
+    ``Model.forward`` checks ids and cache again before any kernel. Closing the generator early
+    frees the cache with it. ``adapter``: a loaded LoRA adapter's name, applied at every step.
     """
-    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter=adapter)
     seq.start()
     try:
-        while not seq.cancel.is_set() and not seq.prefill_chunk():
-            pass
-        while not seq.cancel.is_set():
-            token, reason = seq.sample()
-            yield token, reason
-            if reason is not None:
-                return
-            seq.logits = model.forward([token], seq.cache, last_only=True, adapter=adapter)[0]
+        yield from seq.tokens()
     finally:
         seq.close()

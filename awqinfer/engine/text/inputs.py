@@ -43,6 +43,14 @@ class Request:
     sampling: SamplingParams
     lora: str | None = None  # a LoRA adapter's name
 
+    @property
+    def chat(self) -> list[dict] | None:
+        """The conversation the chat template renders: the messages, or the prompt as one user turn;
+        None for a raw prompt, which is encoded as it is."""
+        if self.messages is not None:
+            return list(self.messages)
+        return None if self.raw else [{"role": "user", "content": self.prompt}]
+
 
 def parse_inputs(inputs) -> Request:
     """Check ``inputs`` against the schema and return a Request; raise InputError on the first problem."""

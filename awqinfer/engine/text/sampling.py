@@ -131,24 +131,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def penalised(logits, history: History, params: SamplingParams) -> np.ndarray:
+def unobserved(step: str, value: np.ndarray) -> None:
+    """The observer when nobody watches the sampler's steps."""
+
+
+def penalised(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
     """The logits (float64) after the repetition, frequency and presence penalties."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    observe("logits", x)
     x = repetition_penalty(x, history.seen, params.repetition_penalty)
-    return frequency_presence_penalty(x, history.counts, params.frequency_penalty, params.presence_penalty)
+    observe("repetition_penalty", x)
+    x = frequency_presence_penalty(x, history.counts, params.frequency_penalty, params.presence_penalty)
+    observe("frequency_presence_penalty", x)
+    return x
 
 
-def probabilities(logits, history: History, params: SamplingParams) -> np.ndarray:
-    """The distribution the next token is drawn from: every step above, in transformers' order."""
-    x = penalised(logits, history, params)
+def probabilities(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
+    """The distribution the next token is drawn from: every step above, in transformers' order.
+
+    ``observe(step, value)`` sees the logits after each step, named after its function
+    ('logits' first: the model's own), then the probabilities ('softmax', or 'greedy' at
+    temperature 0). A step that is off returns its input itself (``is``). engine/trace.py
+    shows a token's way through them.
+    """
+    x = penalised(logits, history, params, observe)
     if params.temperature == 0:
         greedy = np.zeros_like(x)
         greedy[int(np.argmax(x))] = 1.0
+        observe("greedy", greedy)
         return greedy
     x = temperature_scale(x, params.temperature)
+    observe("temperature_scale", x)
     x = top_k_filter(x, params.top_k)
+    observe("top_k_filter", x)
     x = top_p_filter(x, params.top_p)
-    return softmax(x)
+    observe("top_p_filter", x)
+    probs = softmax(x)
+    observe("softmax", probs)
+    return probs
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
@@ -158,13 +178,17 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(index, np.flatnonzero(probs)[-1]))  # (u * total can round up to total, once in 2**53)
 
 
-def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator) -> int:
+def next_token(logits, history: History, params: SamplingParams, rng: np.random.Generator,
+               observe=unobserved) -> int:
     """The sampler: process the last logits, then draw with the run's seeded generator.
 
     Greedy (temperature 0) takes the argmax of the penalised logits directly: the token the
     one-hot distribution of ``probabilities`` would give, without building it and drawing
-    (which cost ~20% of a small model's decode step).
+    (which cost ~20% of a small model's decode step); it draws nothing from ``rng`` either way.
+    ``observe``: see ``probabilities`` (a watched greedy step builds the one-hot to show it).
     """
     if params.temperature == 0:
-        return int(np.argmax(penalised(logits, history, params)))
-    return draw(probabilities(logits, history, params), rng)
+        scores = penalised(logits, history, params) if observe is unobserved else \
+            probabilities(logits, history, params, observe)
+        return int(np.argmax(scores))
+    return draw(probabilities(logits, history, params, observe), rng)

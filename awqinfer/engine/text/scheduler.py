@@ -46,6 +46,12 @@ class _Entry:
     seq: Sequence
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # (token, reason), an error, or _DONE
     next_token: int | None = None  # sampled, to be fed in the next decode step
+    finished: bool = False  # its last token or its error is handed over: retire it
+
+    @property
+    def over(self) -> bool:
+        """Finished, or cancelled by its consumer: the engine retires it before the next step."""
+        return self.finished or self.seq.cancel.is_set()
 
 
 class TokenStream:
@@ -61,6 +67,8 @@ class TokenStream:
         return self
 
     def __next__(self) -> tuple[int, str | None]:
+        if not self._ended and self._entry.seq.cancel.is_set():  # the consumer cancelled: nothing made since
+            self.close()
         if self._ended:
             raise StopIteration
         item = self._entry.out.get()
@@ -152,7 +160,7 @@ class Scheduler:
     def _serve(self) -> None:
         while True:
             with self._lock:
-                self._retire(lambda e: e.seq.cancel.is_set())
+                self._retire(lambda e: e.over)
                 self._admit()
                 if not self._running:
                     if not self._lock.wait_for(lambda: self._running or self._waiting, IDLE_SECONDS):
@@ -195,14 +203,14 @@ class Scheduler:
 
     def _step(self, batch: list[_Entry]) -> None:
         """One prefill chunk of the oldest sequence still reading its prompt, then one decode step."""
-        reading = [e for e in batch if e.seq.reading_prompt and not e.seq.cancel.is_set()]
+        reading = [e for e in batch if e.seq.reading_prompt and not e.over]
         if reading:
             self._guarded([reading[0]], lambda: self._prefill(reading[0]))
-        decoding = [e for e in batch if e.next_token is not None and not e.seq.cancel.is_set()]
+        decoding = [e for e in batch if e.next_token is not None and not e.over]
         if decoding:
             self._guarded(decoding, lambda: self._decode(decoding))
         with self._lock:
-            self._retire(lambda e: e.seq.cancel.is_set())
+            self._retire(lambda e: e.over)
 
     def _prefill(self, entry: _Entry) -> None:
         if entry.seq.prefill_chunk():
@@ -223,7 +231,7 @@ class Scheduler:
         entry.out.put((token, reason))
         entry.next_token = token if reason is None else None
         if reason is not None:
-            entry.seq.cancel.set()  # retired at the end of this step
+            entry.finished = True  # retired at the end of this step
 
     def _guarded(self, entries: list[_Entry], work) -> None:
         """Run ``work``; an error ends the sequences it concerned (each consumer gets it), not the engine."""
@@ -232,4 +240,4 @@ class Scheduler:
         except Exception as error:  # noqa: BLE001 - handed to the consumers, who raise it
             for entry in entries:
                 entry.out.put(error)
-                entry.seq.cancel.set()
+                entry.finished = True

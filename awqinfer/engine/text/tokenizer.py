@@ -72,6 +72,10 @@ class Tokenizer:
         """The id of one token string, or None if the vocabulary lacks it."""
         return self._tok.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary's string for one id ('Ġthe', '▁the', '<0x0A>'), or None outside it."""
+        return self._tok.id_to_token(int(token_id))
+
     @property
     def eos_token_ids(self) -> frozenset[int]:
         """The id of tokenizer_config's eos_token (empty if it has none): a stop token."""
