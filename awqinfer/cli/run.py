@@ -59,7 +59,7 @@ def build_inputs(args) -> dict:
             inputs = {"prompt": prompt, **({"raw": True} if args.raw else {})}
     if args.truncate and "messages" not in inputs:
         raise ValueError("--truncate drops whole turns of a conversation ('messages'); a prompt is never cut")
-    if args.lora is not None:
+    if getattr(args, "lora", None) is not None:  # `trace` shares this function without the LoRA flags
         if args.lora_dir is None:
             raise ValueError("--lora NAME picks an adapter of --lora-dir DIR; give --lora-dir too")
         inputs["lora"] = args.lora
