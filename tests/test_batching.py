@@ -112,7 +112,7 @@ def test_concurrent_runs_equal_runs_one_at_a_time(llm, monkeypatch):
     alone = [llm.run(r) for r in REQUESTS]
     sizes = []
     real = llm.model.forward_batch
-    monkeypatch.setattr(llm.model, "forward_batch", lambda t, c, fast=None: sizes.append(len(t)) or real(t, c, fast))
+    monkeypatch.setattr(llm.model, "forward_batch", lambda t, c, fast=None, adapters=None: sizes.append(len(t)) or real(t, c, fast, adapters))
     results = [None] * len(REQUESTS)
     barrier = threading.Barrier(len(REQUESTS))
 
@@ -187,7 +187,7 @@ def test_the_kv_budget_queues_requests_instead_of_failing(llm):
         def worker(i):
             results[i] = llm.run({"prompt": f"q {i % 10}", "max_tokens": 24, "temperature": 0})
 
-        llm.model.forward_batch = lambda t, c, fast=None: peak.append(len(t)) or real(t, c, fast)
+        llm.model.forward_batch = lambda t, c, fast=None, adapters=None: peak.append(len(t)) or real(t, c, fast, adapters)
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
         for t in threads:
             t.start()

@@ -116,13 +116,23 @@ def test_structure(inputs, match):
         parse_inputs(inputs)
 
 
-@pytest.mark.parametrize("field,value", [("lora", "my-adapter"), ("image", [0, 255]), ("image", "bytes"),
+@pytest.mark.parametrize("field,value", [("image", [0, 255]), ("image", "bytes"),
                                          ("tools", [{"name": "f", "description": "d", "parameters": {}}]),
                                          ("tools", []), ("functions", [{"name": "f", "code": "x"}])])
 def test_schema_fields_not_implemented_are_refused_not_ignored(field, value):
-    base = {"prompt": "a"} if field in ("lora", "image") else {"messages": [{"role": "user", "content": "a"}]}
+    base = {"prompt": "a"} if field == "image" else {"messages": [{"role": "user", "content": "a"}]}
     with pytest.raises(InputError, match=rf"^{field}: not supported by this model/engine yet"):
         parse_inputs({**base, field: value})
+
+
+@pytest.mark.parametrize("base", [{"prompt": "a"}, {"messages": [{"role": "user", "content": "a"}]}])
+def test_lora_names_an_adapter(base):
+    """``lora`` is a name (whether it is loaded is the LLM's check), with a prompt or with messages."""
+    assert parse_inputs({**base, "lora": "my-adapter"}).lora == "my-adapter"
+    assert parse_inputs(base).lora is None
+    for bad in ("", "  ", 7, None, ["a"], "x" * 257):
+        with pytest.raises(InputError, match=r"^lora: got .*allowed: the name of a loaded LoRA adapter"):
+            parse_inputs({**base, "lora": bad})
 
 
 def test_input_error_is_a_value_error():

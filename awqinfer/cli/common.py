@@ -77,8 +77,8 @@ def sampling_inputs(args) -> dict:
 
 
 def load_model(args):
-    """``awqinfer.load`` for --model/--device/--threads."""
-    return awqinfer.load(args.model, device=args.device, threads=args.threads)
+    """``awqinfer.load`` for --model/--device/--threads (and --lora-dir where the command has it)."""
+    return awqinfer.load(args.model, device=args.device, threads=args.threads, lora_dir=getattr(args, "lora_dir", None))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> int:

@@ -27,6 +27,10 @@ def add_parser(subparsers) -> None:
                         "('-' reads stdin); the flags below override its fields")
     add_model_flags(p)
     add_sampling_flags(p)
+    p.add_argument("--lora-dir", metavar="DIR", default=None,
+                   help="a folder of PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors), one per "
+                        "subfolder, each named by its subfolder")
+    p.add_argument("--lora", metavar="NAME", default=None, help="the adapter of --lora-dir to apply")
     p.add_argument("--raw", action="store_true", help="send PROMPT as is, without the chat template")
     p.add_argument("--truncate", action="store_true",
                    help="messages longer than the model's context lose their oldest turns (the system prompt "
@@ -55,6 +59,10 @@ def build_inputs(args) -> dict:
             inputs = {"prompt": prompt, **({"raw": True} if args.raw else {})}
     if args.truncate and "messages" not in inputs:
         raise ValueError("--truncate drops whole turns of a conversation ('messages'); a prompt is never cut")
+    if getattr(args, "lora", None) is not None:  # `trace` shares this function without the LoRA flags
+        if args.lora_dir is None:
+            raise ValueError("--lora NAME picks an adapter of --lora-dir DIR; give --lora-dir too")
+        inputs["lora"] = args.lora
     return {**inputs, **sampling_inputs(args)}
 
 

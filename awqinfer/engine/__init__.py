@@ -4,6 +4,7 @@
     files -> config + arrays                checkpoint/ (config.py, safetensors.py, awq_layout.py, gguf.py)
     arrays -> weights in the kernel layout  model/linear.py, model/weights.py (memory.py: will they fit)
     ids -> logits                           model/forward.py (readable), model/fast_decode.py (compiled step)
+    LoRA adapters, per sequence             model/lora.py (PEFT files, checked), model/adapters.py (by name, stacked)
     text -> ids, and back                   text/tokenizer.py, text/chat_template.py (rendered in text/sandbox.py
                                             under text/template_limits.py), text/detokenizer.py
     inputs -> a checked request             text/schema.py, text/inputs.py

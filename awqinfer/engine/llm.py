@@ -19,7 +19,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import Cancelled
+from ..errors import Cancelled, InputError
 from . import hub
 from .model.cache import check_kv_dtype, max_context
 from .model.device import get_backend
@@ -47,18 +47,36 @@ class LLM:
         # every run() of this model, from any thread, is batched on one engine thread
         self.scheduler = Scheduler(model, max_batch, max_queue)
 
+    @property
+    def adapters(self) -> list[str]:
+        """The names of the loaded LoRA adapters (what ``inputs["lora"]`` may name), in the order added."""
+        return self.model.adapters.names
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Load the PEFT LoRA adapter directory ``path`` (adapter_config.json + adapter_model.safetensors) as ``name``.
+
+        It is checked against this model first (CheckpointError naming the file and tensor, InputError
+        for a name already taken); on an error nothing is added. Requests in flight are unaffected.
+        """
+        self.model.add_adapter(name, path)
+
     @classmethod
     def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu",
                        int8: bool = False, threads: int | None = None, kv_dtype: str = "float16",
-                       max_batch: int | None = None, max_queue: int | None = None) -> "LLM":
+                       max_batch: int | None = None, max_queue: int | None = None,
+                       lora_dir: str | Path | None = None) -> "LLM":
         """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``.
 
         ``int8``: float projections become int8 weight-only at load (``@cf/meta/llama-2-7b-chat-int8``).
         ``threads``: CPU threads for the kernels (default: the cores this process may use).
         ``kv_dtype``: how KV caches hold keys and values, "float16" (default) or "float32".
         ``max_batch``, ``max_queue``: the scheduler's bounds (see ``load``).
+        ``lora_dir``: a folder of PEFT LoRA adapters, one per subfolder, each named by it.
         """
+        named = adapter_dirs(lora_dir) if lora_dir is not None else {}  # a bad folder fails before the weights load
         model = Model.load(directory, device, int8, threads, kv_dtype)
+        if named:
+            model.add_adapters(named)
         tokenizer = Tokenizer(directory, context=max_context(model.config))
         return cls(model, tokenizer, name or str(directory), max_batch, max_queue)
 
@@ -77,9 +95,11 @@ class LLM:
         ``on_prefill(done, total)`` reports the prompt's progress, chunk by chunk.
         """
         request = parse_inputs(inputs)
+        self.model.adapters.index(request.lora)  # an adapter that is not loaded: InputError naming those that are
         prompt_ids = self.prompt_ids(request)
         check_prompt(self.model, prompt_ids)
-        seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill)
+        seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill,
+                       adapter=request.lora)
         chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
         return chunks if request.stream else join_chunks(chunks)
 
@@ -131,7 +151,7 @@ KEEP_LOADED = 2
 
 def load(model: str | Path | None = None, device: str = "cpu", threads: int | None = None,
          kv_dtype: str = "float16", kv_budget: int | str | None = None, max_batch: int | None = None,
-         max_queue: int | None = None) -> LLM:
+         max_queue: int | None = None, lora_dir: str | Path | None = None) -> LLM:
     """Load ``model`` (a directory, HF repo id, Workers AI name, or None for the default; see hub.py) onto ``device``.
 
     ``threads``: CPU threads for the kernels; default the cores this process may use
@@ -141,6 +161,8 @@ def load(model: str | Path | None = None, device: str = "cpu", threads: int | No
     the current one (default: half the memory available). Requests wait for room within it.
     ``max_batch``: the most sequences stepped together (default 16); ``max_queue``: the most
     requests waiting for a place (default: no bound; beyond it run() raises QueueFull).
+    ``lora_dir``: a folder of PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors),
+    one per subfolder, each loaded under its subfolder's name; ``inputs["lora"]`` picks one per request.
     """
     get_backend(device)  # bad arguments are errors before any file is touched
     resolve_threads(threads)
@@ -150,7 +172,22 @@ def load(model: str | Path | None = None, device: str = "cpu", threads: int | No
         KV_BUDGET.set_limit(kv_budget)
     directory, int8 = hub.resolve(model)
     name = hub.DEFAULT_NAME if model is None else str(model)
-    return LLM.from_directory(directory, name, device, int8, threads, kv_dtype, max_batch, max_queue)
+    return LLM.from_directory(directory, name, device, int8, threads, kv_dtype, max_batch, max_queue, lora_dir)
+
+
+def adapter_dirs(lora_dir: str | Path) -> dict[str, Path]:
+    """{name: directory} for every subfolder of ``lora_dir`` (hidden ones aside); an InputError if there are none."""
+    root = Path(lora_dir)
+    if not root.is_dir():
+        raise InputError(f"lora_dir: {root} is not a directory (expected a folder of PEFT adapter folders)")
+    if (root / "adapter_config.json").exists():
+        raise InputError(f"lora_dir: {root} is itself an adapter; lora_dir is the folder above it (one subfolder "
+                         "per adapter), or load this one with add_adapter(name, path)")
+    named = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    if not named:
+        raise InputError(f"lora_dir: {root} holds no adapter folders (expected one subfolder per adapter, each "
+                         "with adapter_config.json and adapter_model.safetensors)")
+    return named
 
 
 def run(model, inputs: dict, device: str = "cpu"):

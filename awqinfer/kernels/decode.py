@@ -27,6 +27,7 @@ the small row-wise steps:
     ops.silu_mul(layer.gate_up(h), gate)           project(h, layers.gate_up, ...); silu_mul
     ops.add_(x, layer.down_proj(gate))             project(act, layers.down_proj, ...); add_
     Model.forward: rmsnorm, lm_head                rmsnorm; head_logits
+    lora(name, input, output) after each linear     lora_add (kernels/lora.py), rows with an adapter
 
 Weights arrive by name: ``Layers`` holds the four projections, each an ``AwqStack``
 or a ``DenseStack`` over all layers (arrays (L, ...)); ``project`` is compiled once
@@ -62,6 +63,7 @@ from .attention import store_kv
 from .awq import GEMV_CHUNKS
 from .decode_attention import attend_rows
 from .dense import dense_gemv, widen
+from .lora import lora_add
 from .norm import rmsnorm
 from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
@@ -236,14 +238,15 @@ def _head_logits(h, head, scratch, logits):
 
 @njit(cache=True, fastmath=True, nogil=True)
 def decode_batch(x, layers, norms, final_norm, head, k_caches, v_caches, positions, cos, sin, eps, n_heads,
-                 scratch, logits):
+                 scratch, lora, adapters, logits):
     """Run one new token of each of B sequences through every layer and the lm_head; write logits (B, V).
 
     x (B, H) f32: the tokens' embeddings, overwritten as the residual streams; layers: Layers;
     norms (L, 2, H) f32: input and post-attention RMSNorm weights; final_norm (H,) f32;
     head: DenseHead or Int8Head; k_caches, v_caches: typed lists of B arrays (L, KV, S_b, D), f32 or
     f16 bits, row b's token written at positions[b] (int64, (B,)); cos, sin (B, D/2) f32 for those
-    positions; scratch: Scratch for B rows; logits (B, V) f32.
+    positions; scratch: Scratch for B rows; lora: LoraLayers (kernels/lora.py) and adapters (B,)
+    int64, each row's adapter index in them (-1: none; checked by the caller); logits (B, V) f32.
     """
     n_layers = norms.shape[0]
     n_kv = k_caches[0].shape[1]
@@ -253,17 +256,21 @@ def decode_batch(x, layers, norms, final_norm, head, k_caches, v_caches, positio
         # attention block
         rmsnorm(x, norms[l, 0], eps, s.h)
         project(s.h, layers.qkv, l, s, s.qkv)
+        lora_add(s.h, lora.qkv, l, adapters, s.qkv)
         apply_rope(s.qkv, cos, sin, n_heads + n_kv, dim)
         for b in range(x.shape[0]):
             store_kv(s.qkv[b : b + 1], k_caches[b][l], v_caches[b][l], positions[b], n_heads)
         attend_rows(s.qkv, k_caches, v_caches, l, positions, s.scores, s.o_part, s.m_part, s.l_part, s.attn)
         project(s.attn, layers.o_proj, l, s, s.proj)
+        lora_add(s.attn, lora.o_proj, l, adapters, s.proj)
         add_(x, s.proj)
         # MLP block
         rmsnorm(x, norms[l, 1], eps, s.h)
         project(s.h, layers.gate_up, l, s, s.mlp)
+        lora_add(s.h, lora.gate_up, l, adapters, s.mlp)
         silu_mul(s.mlp, s.act)
         project(s.act, layers.down_proj, l, s, s.proj)
+        lora_add(s.act, lora.down_proj, l, adapters, s.proj)
         add_(x, s.proj)
     rmsnorm(x, final_norm, eps, s.h)
     head_logits(s.h, head, s, logits)

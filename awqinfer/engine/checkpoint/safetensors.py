@@ -53,10 +53,11 @@ class TensorInfo:
 class Checkpoint:
     """All tensors of a checkpoint directory, by name, memory-mapped on demand."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, file: str = "model.safetensors"):
+        """``file``: the single file (or, with ``.index.json`` added, the shard index) to read."""
         self.directory = Path(directory)
-        index = self.directory / "model.safetensors.index.json"
-        single = self.directory / "model.safetensors"
+        index = self.directory / f"{file}.index.json"
+        single = self.directory / file
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -64,11 +65,10 @@ class Checkpoint:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
             files = sorted(set(weight_map.values()))
         elif single.is_file():
-            weight_map, files = None, ["model.safetensors"]
+            weight_map, files = None, [file]
         else:
             raise CheckpointError(
-                f"{self.directory}: no model.safetensors or model.safetensors.index.json "
-                "(only safetensors checkpoints are read)"
+                f"{self.directory}: no {file} or {file}.index.json (only safetensors checkpoints are read)"
             )
         self.tensors: dict[str, TensorInfo] = {}
         for name in files:

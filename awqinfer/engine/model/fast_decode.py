@@ -18,6 +18,7 @@ from numba.typed import List
 
 from ...kernels.decode import RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, decode_batch
 from ...kernels.decode_attention import n_chunks
+from ...kernels.lora import LoraLayers
 from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
@@ -106,14 +107,20 @@ class DecodeState:
         self._lists = ((), None, None)
 
 
-def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache], lora: LoraLayers,
+                  adapters: np.ndarray) -> np.ndarray:
     """Logits (B, V) f32 for token b at position caches[b].pos, advancing every cache by one.
 
     The caller (Model) has validated the tokens and the caches, and made room in each cache
     for its new position (``KVCache.ensure``). The scratch buffers are the state's own: one
-    step at a time per model.
+    step at a time per model. ``lora``: the model's adapter stacks (adapters.py); ``adapters``
+    (B,) int64: each row's adapter index into them, -1 for none.
     """
     c = state.config
+    n_adapters = lora.qkv.a.shape[0]
+    if adapters.dtype != np.int64 or adapters.shape != (len(caches),) or \
+            ((adapters < -1) | (adapters >= n_adapters)).any():
+        raise ValueError(f"adapter rows {adapters!r} do not index {n_adapters} adapters, one per row")
     positions = np.array([cache.pos for cache in caches], np.int64)
     angles = [cos_sin(c.rope, c.head_dim, c.max_position_embeddings, int(p), 1) for p in positions]
     cos = np.concatenate([a[0] for a in angles])  # (B, D/2)
@@ -123,7 +130,7 @@ def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache])
     k_list, v_list = state.cache_lists(caches)
     logits = np.empty((len(caches), c.vocab_size), np.float32)
     decode_batch(x, state.layers, state.norms, state.final_norm, state.head, k_list, v_list, positions, cos, sin,
-                 np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, logits)
+                 np.float32(c.rms_norm_eps), c.num_attention_heads, scratch, lora, adapters, logits)
     for cache in caches:
         cache.pos += 1
     return logits

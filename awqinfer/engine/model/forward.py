@@ -8,7 +8,8 @@ A prompt goes through in one call (matrix kernels); each generated token then
 goes through alone (vector kernels), or together with the new tokens of other
 sequences (``forward_batch``: one row per sequence, each with its own KVCache, whose
 fill level is the position of its next token). ``decoder_layer`` serves both: the rows
-of x come in segments, each belonging to one sequence's cache.
+of x come in segments, each belonging to one sequence's cache. Each sequence may name a
+LoRA adapter (``adapters``, adapters.py): its rows get that adapter's deltas, the others none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from ...errors import InputError
 from ..checkpoint.config import ModelConfig
 from ..checkpoint.safetensors import Checkpoint
+from .adapters import Adapters, add_lora, row_groups
 from .backend import CPU, Backend
 from .cache import KV_DTYPES, KVCache, bytes_per_position, check_kv_dtype
 from .device import get_backend
@@ -49,6 +51,7 @@ class Model:
         self.fast_lm_head_int8 = True  # decode_tokens screens logits with an int8 lm_head (False: every logit exact)
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
+        self.adapters = Adapters(config)  # LoRA adapters by name (add_adapter), chosen per sequence
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None,
@@ -65,6 +68,16 @@ class Model:
         config = ModelConfig.load(directory)
         return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads, kv_dtype)
 
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Load the PEFT LoRA adapter in directory ``path`` under ``name`` (lora.py checks it against this model)."""
+        self.add_adapters({name: path})
+
+    def add_adapters(self, named: dict) -> None:
+        """Load several adapters ``{name: path}``: all of them, or none if one fails."""
+        if self.backend is not CPU:
+            raise InputError(f"LoRA adapters run on the CPU; this model is on {self.backend.name}")
+        self.adapters.add(named)
+
     @property
     def kv_bytes_per_position(self) -> int:
         """KV memory one position of a sequence takes in this model's caches."""
@@ -80,7 +93,7 @@ class Model:
         return KVCache(self.config, max_tokens, self.kv_dtype, device_zeros, wait=wait)
 
     def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None,
-                observe=None) -> np.ndarray:
+                observe=None, adapter: str | None = None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
@@ -92,14 +105,17 @@ class Model:
         readable code below runs, observed. A single token that the compiled step would take
         then goes through it too, over the same position (``(None, "compiled_step", logits)``):
         its logits are returned and its keys and values stay in the cache, so an observed
-        generation samples exactly what an unobserved one does.
+        generation samples exactly what an unobserved one does. ``adapter``: the name of a
+        loaded LoRA adapter to apply (None: the base model).
         """
         ids = self._check(ids, cache)
         if len(ids) == 1 and observe is None:
-            return self.forward_batch(ids, [cache], fast)
+            return self.forward_batch(ids, [cache], fast, [adapter])
+        rows = self.adapters.rows([adapter], 1)
         use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         cache.ensure(cache.pos + len(ids))
-        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), observe)
+        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)), rows,
+                         observe)
         cache.pos += len(ids)
         logits = self._logits(x[-1:] if last_only else x)
         if observe is None:
@@ -107,27 +123,31 @@ class Model:
         observe(None, "lm_head", logits)
         if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
             cache.pos -= 1
-            logits = self.forward_batch(ids, [cache], fast)
+            logits = self.forward_batch(ids, [cache], fast, [adapter])
             observe(None, "compiled_step", logits)
         return logits
 
-    def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None) -> np.ndarray:
+    def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None,
+                      adapters: list[str | None] | None = None) -> np.ndarray:
         """One new token for each of B sequences: token b at position caches[b].pos. Logits (B, vocab) f32.
 
         Decode on a CPU is bound by reading the weights, so the sequences share one read of
         them; each attends over its own cache. On the CPU this is one compiled call
-        (fast_decode.py) unless ``fast`` (default: ``self.fast``) is False.
+        (fast_decode.py) unless ``fast`` (default: ``self.fast``) is False. ``adapters``: each
+        sequence's LoRA adapter name, or None for none (None: no sequence has one).
         """
         tokens = self._check_batch(tokens, caches)
+        rows = self.adapters.rows(adapters, len(caches))
         for cache in caches:
             cache.ensure(cache.pos + 1)
         if (self.fast if fast is None else fast) and self._fast_state():
             with self._decode_lock:  # its scratch buffers serve one call at a time
-                return self._decode_timed(tokens, caches)
+                return self._decode_timed(tokens, caches, rows)
         use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         angles = [cos_sin(*self._rope, cache.pos, 1) for cache in caches]
         cos, sin = np.concatenate([a[0] for a in angles]), np.concatenate([a[1] for a in angles])  # (B, D/2)
-        x = self._layers(tokens, [(cache, cache.pos, slice(b, b + 1)) for b, cache in enumerate(caches)], (cos, sin))
+        x = self._layers(tokens, [(cache, cache.pos, slice(b, b + 1)) for b, cache in enumerate(caches)], (cos, sin),
+                         rows)
         for cache in caches:
             cache.pos += 1
         return self._logits(x)
@@ -143,17 +163,21 @@ class Model:
         c = self.config
         return c.rope, c.head_dim, c.max_position_embeddings
 
-    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, observe=None) -> np.ndarray:
+    def _layers(self, ids: np.ndarray, segments: list, angles: tuple, adapter_rows: np.ndarray,
+                observe=None) -> np.ndarray:
         """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows).
 
+        adapter_rows: each segment's LoRA adapter index (adapters.py), -1 for none.
         ``observe(l, name, value)``: decoder_layer's observations, with the layer's index.
         """
         c, w, ops = self.config, self.weights, self.backend
         cos, sin = (ops.to_device(a) for a in angles)
         x = ops.to_device(w.embed(ids))  # (T, H), the residual stream
+        groups, stacks = row_groups(adapter_rows, segments), self.adapters.stacks
         for l, layer in enumerate(w.layers):
+            lora = (lambda name, inp, out, l=l: add_lora(getattr(stacks, name), l, groups, inp, out)) if groups else None
             decoder_layer(ops, c, layer, x, [(cache.k[l], cache.v[l], start, rows) for cache, start, rows in segments],
-                          cos, sin, None if observe is None else partial(observe, l))
+                          cos, sin, None if observe is None else partial(observe, l), lora)
         return x
 
     def _logits(self, x) -> np.ndarray:
@@ -163,16 +187,17 @@ class Model:
         ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
         return ops.to_host(w.lm_head(h))
 
-    def _decode_timed(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+    def _decode_timed(self, tokens: np.ndarray, caches: list[KVCache], rows: np.ndarray) -> np.ndarray:
         """The compiled step with the thread count the chooser asks for (or the fixed one), its time reported back."""
         chooser = self.thread_chooser
+        lora = self.adapters.stacks
         if chooser is None:
             use_threads(self.threads)
-            return decode_tokens(self._decode_state, tokens, caches)
+            return decode_tokens(self._decode_state, tokens, caches, lora, rows)
         threads = chooser.next(len(tokens))
         use_threads(threads)
         start = time.perf_counter()
-        logits = decode_tokens(self._decode_state, tokens, caches)
+        logits = decode_tokens(self._decode_state, tokens, caches, lora, rows)
         chooser.record(threads, time.perf_counter() - start)
         return logits
 
@@ -235,7 +260,7 @@ def _describe(value) -> str:
 
 
 def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments: list, cos, sin,
-                  observe=None) -> None:
+                  observe=None, lora=None) -> None:
     """One decoder layer, updating the residual stream x (T, H) in place.
 
     segments: which rows of x belong to which sequence, as (k_cache, v_cache, start, rows):
@@ -249,7 +274,8 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     attention's output), 'residual_mid' (x after the attention block), 'gate_up',
     'down_proj' (their inputs), 'residual_out' (x leaving). The quantizer calibrates on
     the LINEAR_INPUTS; engine/trace.py reports them all. Values are live arrays: copy
-    what you keep.
+    what you keep. ``lora(name, input, output)``, if given, adds the LoRA deltas of the
+    rows that carry an adapter to each projection's output.
     """
     T = x.shape[0]
     h = ops.empty(x.shape)
@@ -260,6 +286,8 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if observe:
         observe("qkv", h)
     qkv = layer.qkv(h)  # (T, (n_heads + 2 n_kv) D): q heads, then k heads, then v heads
+    if lora:
+        lora("qkv", h, qkv)
     ops.apply_rope(qkv, cos, sin, c.num_attention_heads + c.num_key_value_heads, c.head_dim)
     attn = ops.empty((T, c.q_size))
     for k_cache, v_cache, start, rows in segments:  # each sequence writes and reads its own cache
@@ -268,7 +296,10 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if observe:
         observe("qkv_rotated", qkv)
         observe("o_proj", attn)
-    ops.add_(x, layer.o_proj(attn))
+    out = layer.o_proj(attn)
+    if lora:
+        lora("o_proj", attn, out)
+    ops.add_(x, out)
     if observe:
         observe("residual_mid", x)
     # MLP block
@@ -276,9 +307,15 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments
     if observe:
         observe("gate_up", h)
     gate = ops.empty((T, c.intermediate_size))
-    ops.silu_mul(layer.gate_up(h), gate)
+    gate_up = layer.gate_up(h)
+    if lora:
+        lora("gate_up", h, gate_up)
+    ops.silu_mul(gate_up, gate)
     if observe:
         observe("down_proj", gate)
-    ops.add_(x, layer.down_proj(gate))
+    out = layer.down_proj(gate)
+    if lora:
+        lora("down_proj", gate, out)
+    ops.add_(x, out)
     if observe:
         observe("residual_out", x)

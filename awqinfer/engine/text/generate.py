@@ -57,8 +57,9 @@ class Sequence:
 
     def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                  cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
-                 observer=None):
+                 observer=None, adapter: str | None = None):
         self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
+        self.adapter = adapter  # the LoRA adapter every step of this sequence applies (None: the base model)
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
         self._observe_layer = observer.layer if observer is not None else None
@@ -89,7 +90,8 @@ class Sequence:
     def prefill_chunk(self) -> bool:
         """Feed the next PREFILL_CHUNK prompt tokens; True once the whole prompt is in (logits set)."""
         chunk = self.prompt_ids[self.prefilled:self.prefilled + PREFILL_CHUNK]
-        self.logits = self.model.forward(chunk, self.cache, last_only=True, observe=self._observe_layer)[0]
+        self.logits = self.model.forward(chunk, self.cache, last_only=True, observe=self._observe_layer,
+                                         adapter=self.adapter)[0]
         self.prefilled += len(chunk)
         if self.on_prefill is not None:
             self.on_prefill(self.prefilled, len(self.prompt_ids))
@@ -109,7 +111,8 @@ class Sequence:
 
     def feed(self, token: int) -> None:
         """Run the sampled ``token`` through the model alone: ``logits`` for the one after it."""
-        self.logits = self.model.forward([token], self.cache, last_only=True, observe=self._observe_layer)[0]
+        self.logits = self.model.forward([token], self.cache, last_only=True, observe=self._observe_layer,
+                                         adapter=self.adapter)[0]
 
     def tokens(self) -> Iterator[tuple[int, str | None]]:
         """The readable generation loop of a started sequence: prefill, then sample and feed until the last."""
@@ -130,15 +133,16 @@ class Sequence:
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                     cancel: threading.Event | None = None,
-                    on_prefill: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, str | None]]:
+                    on_prefill: Callable[[int, int], None] | None = None,
+                    adapter: str | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
     The readable generation loop (``Sequence.tokens``); the scheduler runs the same Sequence
     steps for many sequences at once. The caller has checked the prompt (``check_prompt``);
     ``Model.forward`` checks ids and cache again before any kernel. Closing the generator early
-    frees the cache with it.
+    frees the cache with it. ``adapter``: a loaded LoRA adapter's name, applied at every step.
     """
-    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter=adapter)
     seq.start()
     try:
         yield from seq.tokens()

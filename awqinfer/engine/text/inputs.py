@@ -10,7 +10,9 @@ The schema (see the seed model pages) is a oneOf of two objects:
 Anything else is an InputError that names the field, the value and what is
 allowed: an unknown key, a wrong type (a bool is not a number), NaN or inf, a
 value out of range, both or neither of prompt/messages, no messages, ``raw`` with messages.
-``lora``, ``tools``, ``functions`` and ``image`` are in the schema but not yet
+``lora`` names a LoRA adapter (whether the model has it loaded is the LLM's check); the
+schema lists it with ``prompt``, and it is taken with ``messages`` too, as Workers AI's
+LoRA examples do. ``tools``, ``functions`` and ``image`` are in the schema but not yet
 implemented, so they are refused by name rather than silently ignored.
 """
 
@@ -24,9 +26,10 @@ from .schema import FIELDS, MAX_CHARS, describe_value
 
 ROLES = ("system", "user", "assistant", "tool")
 FLAGS = ("raw", "stream")
-UNSUPPORTED = ("lora", "tools", "functions", "image")
+MAX_ADAPTER_NAME = 256  # characters of a ``lora`` name
+UNSUPPORTED = ("tools", "functions", "image")
 PROMPT_FIELDS = frozenset({"prompt", "raw", "lora", "image", "stream", *FIELDS})
-MESSAGES_FIELDS = frozenset({"messages", "tools", "functions", "image", "stream", *FIELDS})
+MESSAGES_FIELDS = frozenset({"messages", "lora", "tools", "functions", "image", "stream", *FIELDS})
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Request:
     raw: bool
     stream: bool
     sampling: SamplingParams
+    lora: str | None = None  # a LoRA adapter's name
 
     @property
     def chat(self) -> list[dict] | None:
@@ -75,12 +79,20 @@ def parse_inputs(inputs) -> Request:
         raw=flags.get("raw", False),
         stream=flags.get("stream", False),
         sampling=SamplingParams(**numbers),
+        lora=_lora(inputs["lora"]) if "lora" in inputs else None,
     )
 
 
 def _flag(field: str, value) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{field}: got {describe_value(value)}; allowed: true or false")
+    return value
+
+
+def _lora(value) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ADAPTER_NAME:
+        raise InputError(f"lora: got {describe_value(value)}; allowed: the name of a loaded LoRA adapter "
+                         f"(a non-empty string of at most {MAX_ADAPTER_NAME} characters)")
     return value
 
 

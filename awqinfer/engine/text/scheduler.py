@@ -218,7 +218,9 @@ class Scheduler:
 
     def _decode(self, entries: list[_Entry]) -> None:
         tokens = np.array([e.next_token for e in entries], np.int64)
-        logits = self.model.forward_batch(tokens, [e.seq.cache for e in entries])
+        adapters = [e.seq.adapter for e in entries]  # each row its own LoRA adapter, or none
+        logits = self.model.forward_batch(tokens, [e.seq.cache for e in entries],
+                                          adapters=adapters if any(adapters) else None)
         for entry, row in zip(entries, logits):
             entry.seq.logits = row
             self._emit(entry)
