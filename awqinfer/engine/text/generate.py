@@ -22,6 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..model.cache import KVCache, max_context
 from ..model.forward import Model
+from .constraints import Constraint
 from .sampling import History, SamplingParams, next_token
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: a cancel or a progress report waits at most one chunk
@@ -47,12 +48,16 @@ class Sequence:
     The steps are the same whether a sequence runs alone (``generate_tokens``) or batched with
     others (scheduler.py): ``start`` makes the cache, ``prefill_chunk`` feeds the prompt a
     chunk at a time, ``sample`` draws the next token from ``logits`` and says whether it is the
-    last, and whoever runs the model puts the next logits back into ``logits``.
+    last, and whoever runs the model puts the next logits back into ``logits``. A ``constraint``
+    (constraints.py: JSON mode, tool calls) masks what its grammar forbids before every draw,
+    and ends the sequence ("stop") once the grammar is complete.
     """
 
     def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                 cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None):
+                 cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
+                 constraint: Constraint | None = None):
         self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
+        self.constraint = constraint
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
         # the cache holds the prompt and every token but the last (never fed back), capped at the context
@@ -89,11 +94,14 @@ class Sequence:
 
     def sample(self) -> tuple[int, str | None]:
         """The next token from ``logits``, and "stop", "length" or None (more to come)."""
-        token = next_token(self.logits, self.history, self.params, self.rng)
+        logits = self.logits if self.constraint is None else self.constraint.apply(self.logits)
+        token = next_token(logits, self.history, self.params, self.rng)
         self.generated += 1
         self.logits = None
         if token in self.stop_ids:
             return token, "stop"
+        if self.constraint is not None and self.constraint.advance(token):
+            return token, "stop"  # the grammar is complete: nothing but a stop token could follow
         if self.generated == self.params.max_tokens or self.cache.free == 0:
             return token, "length"
         self.history.add(token)
@@ -106,15 +114,15 @@ class Sequence:
 
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                    cancel: threading.Event | None = None,
-                    on_prefill: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, str | None]]:
+                    cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
+                    constraint: Constraint | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
     The readable generation loop; the scheduler runs the same Sequence steps for many sequences
     at once. The caller has checked the prompt (``check_prompt``); ``Model.forward`` checks ids
     and cache again before any kernel. Closing the generator early frees the cache with it.
     """
-    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, constraint)
     seq.start()
     try:
         while not seq.cancel.is_set() and not seq.prefill_chunk():
