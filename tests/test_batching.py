@@ -59,6 +59,7 @@ def test_a_sequence_in_a_batch_gets_its_logits_alone(fixture, batch, request):
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_compiled_batch_matches_the_readable_batched_forward(fixture, request):
     model = Model.load(request.getfixturevalue(fixture), kv_dtype="float32")  # f32 keys: no float16 rounding flips
+    model.fast_lm_head_int8 = False  # every logit exact, not only the screened top ones
     rng = np.random.default_rng(9)
     caches = _prefilled(model, rng, [5, 30, 2, 60])
     readable = _clone(model, caches)
@@ -219,3 +220,21 @@ def test_kv_memory_follows_the_tokens_not_max_tokens(llm):
         stream.close()
     finally:
         del llm.model.new_cache
+
+
+def test_a_new_cache_never_reuses_a_freed_caches_buffers(tiny_llama_awq):
+    """The compiled step keeps its cache lists between steps: a fresh cache must get its own, even when
+    Python hands the new array the address (id) of a freed one."""
+    model = Model.load(tiny_llama_awq)
+    rng = np.random.default_rng(3)
+    prompt, steps = rng.integers(0, model.config.vocab_size, 6), rng.integers(0, model.config.vocab_size, 5)
+    runs = []
+    for _ in range(3):
+        cache = model.new_cache(32)
+        model.forward(prompt, cache)
+        logits = [model.forward([t], cache)[0] for t in steps]
+        runs.append((np.array(logits), cache.k[:, :, : cache.pos].copy()))
+        del cache  # its arrays' addresses are free for the next run's
+    for logits, k in runs[1:]:
+        np.testing.assert_array_equal(logits, runs[0][0])
+        np.testing.assert_array_equal(k, runs[0][1])  # this run's own cache received its keys

@@ -112,7 +112,7 @@ def test_prefill_attention_matches_numpy(n_tokens, start):
 
 
 def test_rmsnorm_and_rope_match_numpy():
-    """The norm and RoPE kernels both paths share (decode_step calls them on one-row views)."""
+    """The norm and RoPE kernels both paths share (decode_batch calls them on its rows)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 96)).astype(np.float32)
     w = rng.standard_normal(96).astype(np.float32)
@@ -178,3 +178,52 @@ def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path):
     assert drop_stale_cache(tmp_path)
     assert list(cache.glob("*.nb[ic]")) == []
     assert not drop_stale_cache(tmp_path)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("n_tokens", [1, 5, 70])
+def test_half_gemm_and_gemv_widen_16_bit_weights_exactly(bf16, n_tokens):
+    """A 16-bit lm_head kept as stored: the kernels equal numpy on the exactly widened f32 weights."""
+    from awqinfer.engine.checkpoint.safetensors import widen
+    from awqinfer.engine.model.linear import HalfLinear, stored_linear
+    from awqinfer.kernels.dense import dense_gemv, half_gemm
+
+    rng = np.random.default_rng(n_tokens)
+    w = rng.standard_normal((131, 96)).astype(np.float32)
+    w[0, :4] = [0.0, -0.0, 6e-8, 65504.0] if not bf16 else [0.0, -0.0, 1e-30, 3e38]  # zeros, subnormal, the largest
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16) if bf16 else w.astype(np.float16).view(np.uint16)
+    exact = widen(bits if bf16 else bits.view(np.float16), bf16).astype(np.float64)
+    x = rng.standard_normal((n_tokens, 96)).astype(np.float32)
+    x[:, :4] = 0  # the extreme weights must not overflow the sums; they are checked by widening alone
+    want = x.astype(np.float64) @ exact.T
+    out = np.full((n_tokens, 131), np.nan, np.float32)
+    half_gemm(x, bits, bf16, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    one = np.full(131, np.nan, np.float32)
+    dense_gemv(x[0], bits, one, bf16)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    linear = stored_linear(bits if bf16 else bits.view(np.float16), bf16)
+    assert isinstance(linear, HalfLinear) and np.shares_memory(linear.bits, bits)
+    np.testing.assert_array_equal(linear.rows(0, 131), exact.astype(np.float32))
+
+
+def test_kernels_called_from_python_release_the_gil():
+    """Every compiled CPU kernel drops the GIL while it runs: a server's other threads keep answering."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import awqinfer.kernels as package
+
+    checked = 0
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:  # kernels/cuda: device kernels
+            continue
+        module = importlib.import_module(f"awqinfer.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__ and \
+                    obj.targetoptions.get("inline", "never") == "never":
+                assert obj.targetoptions.get("nogil"), f"{info.name}.{name} holds the GIL"
+                checked += 1
+    assert checked >= 20

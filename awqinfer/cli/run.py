@@ -1,5 +1,8 @@
 """``awqinfer run [--model M] PROMPT``: one completion, streamed to the terminal as it is generated.
 
+``--inputs FILE`` takes Workers AI inputs as JSON instead (a ``messages`` conversation,
+say); flags override its fields. ``--truncate`` lets a conversation longer than the
+model's context lose its oldest turns, with a notice, instead of being refused.
 ``--json-schema FILE`` / ``--json-object`` constrain the output to JSON (``response_format``);
 ``--tools FILE`` offers tools, and the calls the model makes are printed after its text, one
 JSON object {"name", "arguments"} a line.
@@ -10,19 +13,27 @@ from __future__ import annotations
 import json
 import sys
 
-from awqinfer import InputError
+from awqinfer.engine.llm import join_chunks
 
-from .common import EXIT_INTERRUPTED, EXIT_USAGE, add_model_flags, add_sampling_flags, fail, load_model, \
-    sampling_inputs, write
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, add_model_flags, add_sampling_flags, add_verbose_flag, fail, \
+    load_model, sampling_inputs
+from .generation import fit_conversation, stream_reply
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="generate a response to one prompt",
-                              description="Generate a response to PROMPT, streamed as it is generated.")
-    p.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
+                              description="Generate a response to PROMPT (or to the Workers AI inputs of "
+                                          "--inputs), streamed as it is generated.")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt; '-' reads it from stdin")
+    p.add_argument("--inputs", metavar="FILE", default=None,
+                   help="Workers AI inputs as a JSON object, e.g. {\"messages\": [...]}, instead of PROMPT "
+                        "('-' reads stdin); the flags below override its fields")
     add_model_flags(p)
     add_sampling_flags(p)
     p.add_argument("--raw", action="store_true", help="send PROMPT as is, without the chat template")
+    p.add_argument("--truncate", action="store_true",
+                   help="messages longer than the model's context lose their oldest turns (the system prompt "
+                        "and the last message stay; a note on stderr says how many) instead of being refused")
     p.add_argument("--json", action="store_true", help="print the whole (non-streamed) result as JSON")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json-schema", metavar="FILE", default=None,
@@ -33,69 +44,77 @@ def add_parser(subparsers) -> None:
                         help="a JSON array of tools ({name, description, parameters} or OpenAI's "
                              "{type: function, function}) the model may call; calls print as JSON lines")
     p.add_argument("--tool-choice", default=None, metavar="MODE",
-                   help="with --tools: auto (default), none, required, or a tool's name (always call it)")
+                   help="with tools: auto (default), none, required, or a tool's name (always call it)")
+    add_verbose_flag(p)
 
 
-def build_inputs(args, prompt: str) -> dict:
-    """The ``run`` inputs of the seed schema for this command line."""
-    inputs = sampling_inputs(args)
-    if args.system is not None or args.tools is not None:  # tools come with the Messages form only
-        system = [] if args.system is None else [{"role": "system", "content": args.system}]
-        inputs["messages"] = [*system, {"role": "user", "content": prompt}]
+def build_inputs(args) -> dict:
+    """The ``run`` inputs of the seed schema for this command line (raises ValueError on a misuse)."""
+    if (args.prompt is None) == (args.inputs is None):
+        raise ValueError("give either PROMPT or --inputs FILE" if args.prompt is None else
+                         "PROMPT and --inputs both give the inputs; use one")
+    if args.raw and (args.system is not None or args.tools is not None):
+        raise ValueError("--raw sends the prompt without a chat template, so it cannot take --system or --tools")
+    if args.inputs is not None:
+        if args.raw or args.system is not None:
+            raise ValueError("--raw and --system shape PROMPT; with --inputs, put 'raw' or a system message "
+                             "in the JSON")
+        inputs = read_json("--inputs", args.inputs)
+        if not isinstance(inputs, dict):
+            raise ValueError(f"--inputs {args.inputs}: got a JSON {type(inputs).__name__}; allowed: an object of "
+                             "Workers AI inputs such as {\"messages\": [...]}")
     else:
-        inputs["prompt"] = prompt
-    if args.raw:
-        inputs["raw"] = True
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        system = [] if args.system is None else [{"role": "system", "content": args.system}]
+        if system or args.tools is not None:  # tools come with the Messages form only
+            inputs = {"messages": [*system, {"role": "user", "content": prompt}]}
+        else:
+            inputs = {"prompt": prompt, **({"raw": True} if args.raw else {})}
+    if args.truncate and "messages" not in inputs:
+        raise ValueError("--truncate drops whole turns of a conversation ('messages'); a prompt is never cut")
     if args.json_schema is not None:
-        inputs["response_format"] = {"type": "json_schema", "json_schema": read_json(args.json_schema, "--json-schema")}
+        inputs["response_format"] = {"type": "json_schema", "json_schema": read_json("--json-schema", args.json_schema)}
     elif args.json_object:
         inputs["response_format"] = {"type": "json_object"}
-    if args.tools is not None:
-        inputs["tools"] = read_json(args.tools, "--tools")
-    return inputs
+    elif args.tools is not None:
+        inputs["tools"] = read_json("--tools", args.tools)
+    if args.tool_choice is not None and "tools" not in inputs and "functions" not in inputs:
+        raise ValueError("--tool-choice needs tools (--tools, or 'tools' / 'functions' in --inputs)")
+    return {**inputs, **sampling_inputs(args)}
 
 
-def tool_choice(args):
-    """--tool-choice as run()'s tool_choice: a mode, or a tool's name as OpenAI names one."""
-    if args.tool_choice is None or args.tool_choice in ("auto", "none", "required"):
-        return args.tool_choice
-    return {"type": "function", "function": {"name": args.tool_choice}}
-
-
-def read_json(path: str, flag: str):
-    """The JSON in file ``path``; a file that is not JSON is an InputError naming the flag."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def read_json(flag: str, path: str):
+    """The JSON in file ``path`` ('-': stdin); ValueError naming ``flag`` if it is not JSON."""
+    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     try:
         return json.loads(text)
-    except ValueError as e:
-        raise InputError(f"{flag}: {path} is not JSON ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {path}: not valid JSON ({e})") from None
+
+
+def run_options(args) -> dict:
+    """LLM.run's keyword options from the flags: --tool-choice, a mode or a tool's name as OpenAI names one."""
+    if args.tool_choice is None or args.tool_choice in ("auto", "none", "required"):
+        return {"tool_choice": args.tool_choice}
+    return {"tool_choice": {"type": "function", "function": {"name": args.tool_choice}}}
+
+
+def json_mode(inputs: dict) -> bool:
+    """Whether ``inputs`` (already accepted by run) ask for JSON output: then ``response`` is parsed."""
+    return inputs.get("response_format", {}).get("type", "text") != "text"
 
 
 def main(args) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if args.raw and (args.system is not None or args.tools is not None):
-        return fail("--raw sends the prompt without a chat template, so it cannot take --system or --tools",
-                    EXIT_USAGE)
-    if args.tool_choice is not None and args.tools is None:
-        return fail("--tool-choice needs --tools", EXIT_USAGE)
-    inputs = build_inputs(args, prompt)  # files read before the model loads
-    llm = load_model(args)
-    if args.json:
-        print(json.dumps(llm.run(inputs, tool_choice=tool_choice(args)), ensure_ascii=False))
-        return 0
-    stream = llm.run({**inputs, "stream": True}, tool_choice=tool_choice(args))
-    written = False  # anything on the terminal yet: a tool call then starts a line of its own
     try:
-        for chunk in stream:
-            write(chunk["response"])
-            written = written or bool(chunk["response"])
-            for call in chunk.get("tool_calls", ()):
-                write(("\n" if written else "") + json.dumps(call, ensure_ascii=False))
-                written = True
-    except KeyboardInterrupt:
-        stream.close()
-        write("\n")
+        inputs = build_inputs(args)
+    except ValueError as e:
+        return fail(str(e), EXIT_USAGE)
+    llm = load_model(args)
+    if args.truncate:
+        inputs["messages"] = fit_conversation(llm, inputs["messages"], inputs.get("max_tokens"))
+    reply = stream_reply(llm, inputs, verbose=args.verbose, echo=not args.json, options=run_options(args))
+    if reply.interrupted:
         return EXIT_INTERRUPTED
-    write("\n")
+    if args.json:
+        print(json.dumps(join_chunks(reply.chunks, parse_json=json_mode(inputs)), ensure_ascii=False))
     return 0

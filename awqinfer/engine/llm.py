@@ -30,9 +30,11 @@ from .model.forward import Model
 from .model.kv_budget import KV_BUDGET
 from .model.threads import resolve_threads
 from .text.constraints import Constraint, Grammars
+from .text.context import fit_messages
 from .text.generate import Sequence, check_prompt
 from .text.inputs import Request, parse_inputs
 from .text.scheduler import Scheduler, TokenStream, check_bounds
+from .text.schema import FIELDS
 from .text.tokenizer import Tokenizer
 from .text.tool_stream import read_tool_calls
 from .text.tools import Tool, ToolChoice, parse_tool_choice, prompt_messages, takes_tools, tools_grammar
@@ -103,6 +105,18 @@ class LLM:
         if tools:
             chunks = read_tool_calls(chunks)
         return chunks if request.stream else join_chunks(chunks, parse_json=request.json_schema is not None)
+
+    def fit_messages(self, messages: list[dict],
+                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+        """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
+
+        Returns (the messages kept, how many were dropped); system messages and the last
+        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        conversation going; ``run`` itself never truncates.
+        """
+        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
+        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
 
     def prompt_ids(self, request: Request, tools: tuple[Tool, ...] | None = None) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template.

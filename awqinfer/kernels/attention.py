@@ -12,7 +12,7 @@ from numba import njit, prange
 from .kv import kv_read, kv_write
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def store_kv(qkv, k_cache, v_cache, start, n_heads):
     """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
 
@@ -29,7 +29,7 @@ def store_kv(qkv, k_cache, v_cache, start, n_heads):
                 v_cache[h, start + t, i] = kv_write(v_cache, qkv[t, v0 + h * dim + i])
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
 

@@ -10,8 +10,9 @@ tests/test_decode.py holds the two to the same logits.
 
 Row b of the batch is sequence b's new token at ``positions[b]`` of its own KV cache.
 Decode on a CPU is bound by reading the weights, so B sequences stepped together share
-one read of them: every projection is applied to all B rows at once; only attention
-runs per sequence, over its own cache (decode_attention.py). A single token is B = 1.
+one read of them: every projection is applied to all B rows at once (kernels/qdot.py);
+only attention runs per sequence, over its own cache (decode_attention.py). A single
+token is B = 1.
 
 Each step mirrors ``decoder_layer`` line for line and calls the very same kernels for
 the small row-wise steps:
@@ -30,14 +31,21 @@ the small row-wise steps:
 Weights arrive by name: ``Layers`` holds the four projections, each an ``AwqStack``
 or a ``DenseStack`` over all layers (arrays (L, ...)); ``project`` is compiled once
 per format, so AWQ, dense and mixed models of either architecture share this code.
-The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact f32 rescoring).
+The lm_head is a ``DenseHead`` or an ``Int8Head`` (int8 screen, exact rescoring).
+
+Where it differs from the reference: AWQ projections take their input in 15-bit fixed
+point per 64 values (kernels/qdot.py, integer dot products: the 4-bit GEMV is otherwise
+bound by unpacking, not memory), which moves each output by ~3e-5 relative; the Int8Head
+screens with int8 weights and activations (~1%) and recomputes its top RESCORE logits
+exactly, so greedy tokens keep the reference's argmax whenever the screen's top RESCORE
+holds it.
 
 Parallel work (``prange``, both cores): the matrix-vector products (row chunks) and
 the attention (sequences x KV heads x position chunks). The small row-wise steps run
 on one thread.
 
 Numba's on-disk cache (``cache=True``) keys each function on its own file only,
-while the cached ``decode_step`` holds code from its sibling files: kernels/__init__.py
+while the cached ``decode_batch`` holds code from its sibling files: kernels/__init__.py
 drops the whole cache when any kernel source changes (a stale mix crashed once).
 """
 
@@ -46,23 +54,26 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.extending import overload
 
 from .activations import add_, silu_mul
 from .attention import store_kv
-from .awq import GEMV_CHUNKS, awq_matvec, awq_prepare_input
-from .dense import dense_gemv
+from .awq import GEMV_CHUNKS
 from .decode_attention import attend_rows
-from .int8 import int8_gemv
+from .dense import dense_gemv, widen
 from .norm import rmsnorm
+from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
 
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
 
 
 class AwqStack(NamedTuple):
-    """One AWQ projection of every layer, in the kernel layout (kernels/awq.py)."""
+    """One AWQ projection of every layer, in the kernel layout (kernels/awq.py); K a multiple of 64, groups of 32 or 64k.
+
+    Applied to fixed-point activations (kernels/qdot.py): ~3e-5 relative error per output against f32.
+    """
 
     qweight: np.ndarray  # (L, N, K/8) int32
     scales: np.ndarray  # (L, N, G) f32
@@ -87,17 +98,24 @@ class Layers(NamedTuple):
 
 
 class DenseHead(NamedTuple):
-    """The lm_head as f32 rows: logits = weight @ h."""
+    """The lm_head as stored: logits = rows @ h, exactly the readable forward's."""
 
-    weight: np.ndarray  # (V, H) f32
+    rows: np.ndarray  # (V, H) f32, or IEEE half (f16) / bfloat16 bits as uint16
+    bf16: bool  # with uint16 rows: bfloat16 (else f16)
 
 
 class Int8Head(NamedTuple):
-    """The lm_head screened in int8 (a quarter of the bytes), its top RESCORE rows recomputed in f32."""
+    """The lm_head screened in int8 (weights and activations), its top RESCORE rows recomputed exactly.
 
-    weight: np.ndarray  # (V, H) f32
-    q8: np.ndarray  # (V, H) int8
-    scales: np.ndarray  # (V,) f32
+    The argmax and the top RESCORE logits are the reference's (computed from the same rows as
+    the readable forward's lm_head, widened from ``rows``); the other logits carry the int8
+    rounding of weights and activations (~1% relative).
+    """
+
+    q8: np.ndarray  # (V, H) int8, columns in kernel order (kernels/qdot.py)
+    scales: np.ndarray  # (V,) f32 per vocabulary row
+    rows: np.ndarray  # (V, H) the exact rows: f32, or IEEE half (f16) / bfloat16 bits as uint16
+    bf16: bool  # with uint16 rows: bfloat16 (else f16)
     best: np.ndarray  # (RESCORE,) int64 scratch: the candidates' ids
 
 
@@ -110,22 +128,23 @@ class Scratch(NamedTuple):
     mlp: np.ndarray  # (B, 2I) f32: gate | up
     act: np.ndarray  # (B, I) f32: silu(gate) * up
     proj: np.ndarray  # (B, H) f32: o_proj or down_proj output
-    xp: np.ndarray  # (K_max,) f32: the AWQ GEMV's input laid out by nibble
-    xsum: np.ndarray  # (G_max,) f32: the input's group sums
-    dots: np.ndarray  # (GEMV_CHUNKS * (K_max/8 + 1),) f32: per-chunk word dots
+    xq: np.ndarray  # (B * 2 K_max,) int8, flat: a projection's input in fixed point, two digits in kernel order (qdot.py)
+    xscale: np.ndarray  # (B * K_max / 64,) f32, flat: its per-block scales
+    xbsum: np.ndarray  # (B * K_max / 32,) f32, flat: its sums per half block
     scores: np.ndarray  # (B, n_heads, S) f32: attention scores over each cache
     o_part: np.ndarray  # (B, n_heads, C, D) f32: each position chunk's partial output
     m_part: np.ndarray  # (B, n_heads, C) f32: its running max
     l_part: np.ndarray  # (B, n_heads, C) f32: its softmax denominator
 
 
-@njit(cache=True, fastmath=True)
-def rescore_top(h, weight, logits, best):
-    """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . weight[n] for those n.
+@njit(cache=True, fastmath=True, nogil=True)
+def rescore_top(h, rows, bf16, logits, best):
+    """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . rows[n] for those n.
 
-    h (H,) f32; weight (V, H) f32; logits (V,) f32, approximate on entry; best (R,) int64 scratch.
-    An int8 lm_head then leaves the argmax (and every top-R logit) as the f32 head computes
-    it, as long as the f32 winner is among the int8 head's top R.
+    h (H,) f32; rows (V, H) f32 or 16-bit float bits (uint16, ``bf16`` says which); logits (V,) f32,
+    approximate on entry; best (R,) int64 scratch. An int8 lm_head then leaves the argmax (and
+    every top-R logit) as the exact head computes it, as long as the exact winner is among the
+    int8 head's top R.
     """
     n_best = best.shape[0]
     for r in range(n_best):
@@ -141,17 +160,18 @@ def rescore_top(h, weight, logits, best):
                 if logits[best[r]] < logits[best[worst]]:
                     worst = r
     for r in range(n_best):
-        row = weight[best[r]]
+        exact = rows[best[r]]
         acc = np.float32(0.0)
         for i in range(h.shape[0]):
-            acc += h[i] * row[i]
+            acc += h[i] * widen(exact[i], bf16)
         logits[best[r]] = acc
 
 
 def project(x, proj, layer, scratch, out):
     """out = x @ W^T + b for B rows through layer ``layer`` of an AwqStack or a DenseStack.
 
-    x (B, K) f32; out (B, N) f32. Compiled once per stack type (the overload below).
+    x (B, K) f32; out (B, N) f32. Compiled once per stack type (the overload below). AWQ reads
+    each weight once for all B rows (kernels/qdot.py); dense weights are read once per row.
     """
 
 
@@ -160,48 +180,56 @@ def _project(x, proj, layer, scratch, out):
     kind = getattr(proj, "instance_class", None)
     if kind is AwqStack:
         def awq(x, proj, layer, scratch, out):
-            n_words = proj.qweight.shape[2]
-            n_groups = proj.scales.shape[2]
-            xp = scratch.xp[: 8 * n_words].reshape((8, n_words))
-            xsum = scratch.xsum[:n_groups]
-            dots = scratch.dots[: GEMV_CHUNKS * n_words].reshape((GEMV_CHUNKS, n_words))
-            for b in range(x.shape[0]):
-                awq_prepare_input(x[b], xp, xsum)
-                awq_matvec(xp, xsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], dots, out[b])
-                _add_bias(out[b], proj.bias[layer])
+            xq, xscale, xbsum = quantized(x, scratch)
+            awq_matvec_q(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], out,
+                         GEMV_CHUNKS)
+            _add_bias(out, proj.bias[layer])
         return awq
     if kind is DenseStack:
         def dense(x, proj, layer, scratch, out):
             for b in range(x.shape[0]):
                 dense_gemv(x[b], proj.weight[layer], out[b])
-                _add_bias(out[b], proj.bias[layer])
+            _add_bias(out, proj.bias[layer])
         return dense
     return None
 
 
 @njit(inline="always")
+def quantized(x, scratch):
+    """x (B, K) f32 converted into the scratch (kernels/qdot.py): xq (B, 2, K) int8, xscale (B, K/64), xbsum (B, K/32)."""
+    n_rows, k = x.shape
+    xq = scratch.xq[: n_rows * 2 * k].reshape((n_rows, 2, k))
+    xscale = scratch.xscale[: n_rows * (k // ACT_BLOCK)].reshape((n_rows, k // ACT_BLOCK))
+    xbsum = scratch.xbsum[: n_rows * (2 * k // ACT_BLOCK)].reshape((n_rows, 2 * k // ACT_BLOCK))
+    quantize_rows(x, xq, xscale, xbsum)
+    return xq, xscale, xbsum
+
+
+@njit(inline="always")
 def _add_bias(out, bias):
-    for i in range(out.shape[0]):
-        out[i] += bias[i]
+    for b in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[b, i] += bias[i]
 
 
-def head_logits(h, head, logits):
+def head_logits(h, head, scratch, logits):
     """logits (B, V) f32 = lm_head @ h for h (B, H) f32, through a DenseHead or an Int8Head."""
 
 
 @overload(head_logits)
-def _head_logits(h, head, logits):
+def _head_logits(h, head, scratch, logits):
     kind = getattr(head, "instance_class", None)
     if kind is DenseHead:
-        def dense(h, head, logits):
+        def dense(h, head, scratch, logits):
             for b in range(h.shape[0]):
-                dense_gemv(h[b], head.weight, logits[b])
+                dense_gemv(h[b], head.rows, logits[b], head.bf16)
         return dense
     if kind is Int8Head:
-        def screened(h, head, logits):
+        def screened(h, head, scratch, logits):
+            xq, xscale, _ = quantized(h, scratch)
+            int8_matvec_q(xq, xscale, head.q8, head.scales, logits, GEMV_CHUNKS)
             for b in range(h.shape[0]):
-                int8_gemv(h[b], head.q8, head.scales, logits[b])
-                rescore_top(h[b], head.weight, logits[b], head.best)
+                rescore_top(h[b], head.rows, head.bf16, logits[b], head.best)
         return screened
     return None
 
@@ -217,7 +245,7 @@ def decode_batch(x, layers, norms, final_norm, head, k_caches, v_caches, positio
     f16 bits, row b's token written at positions[b] (int64, (B,)); cos, sin (B, D/2) f32 for those
     positions; scratch: Scratch for B rows; logits (B, V) f32.
     """
-    n_layers, _, _ = norms.shape
+    n_layers = norms.shape[0]
     n_kv = k_caches[0].shape[1]
     dim = k_caches[0].shape[3]
     s = scratch
@@ -238,4 +266,4 @@ def decode_batch(x, layers, norms, final_norm, head, k_caches, v_caches, positio
         project(s.act, layers.down_proj, l, s, s.proj)
         add_(x, s.proj)
     rmsnorm(x, final_norm, eps, s.h)
-    head_logits(s.h, head, logits)
+    head_logits(s.h, head, s, logits)

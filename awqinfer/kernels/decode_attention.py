@@ -20,7 +20,7 @@ from .kv import kv_read
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
 
 
-@njit(inline="always")
+@njit(inline="always", cache=True)  # also called from Python (scratch sizes): cached
 def n_chunks(n_pos):
     """Position chunks of a sequence attending to n_pos positions."""
     return (n_pos + ATTN_CHUNK - 1) // ATTN_CHUNK

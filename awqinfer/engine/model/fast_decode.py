@@ -16,65 +16,68 @@ import numpy as np
 
 from numba.typed import List
 
-from ...kernels.awq import GEMV_CHUNKS
 from ...kernels.decode import RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, decode_batch
 from ...kernels.decode_attention import n_chunks
+from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
-from .linear import AwqLinear, DenseLinear, Linear, quantize_int8
+from .linear import AwqLinear, DenseLinear, HalfLinear, Linear, quantize_int8
 from .rope import cos_sin
 from .weights import ModelWeights
+
+HEAD_SLAB = 1024  # lm_head rows quantized at a time when the int8 screen is built (16 MB of f32 at 4096 wide)
 
 
 class DecodeState:
     """What ``decode_batch`` reads besides the caches: stacked weights by name, and scratch buffers."""
 
     def __init__(self, config: ModelConfig, layers: Layers, norms: np.ndarray, final_norm: np.ndarray,
-                 head: DenseHead | Int8Head, embed):
+                 head: DenseHead | Int8Head, embed, lm_head_int8: bool):
         self.config = config
         self.layers = layers
         self.norms = norms  # (L, 2, H) f32
         self.final_norm = final_norm  # (H,) f32
         self.head = head
-        self.lm_head_int8 = isinstance(head, Int8Head)
+        self.lm_head_int8 = lm_head_int8  # as asked: a hidden size not a multiple of 64 keeps the DenseHead
         self.embed = embed  # Embedding: ids -> (T, H) f32
         self.scratch = self._scratch(1, 1)
-        self._lists = ((), None, None)  # (the arrays' ids, k list, v list) of the last batch
+        self._lists = ((), None, None)  # (the last batch's k and v arrays, k list, v list)
 
     @classmethod
-    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = False) -> "DecodeState | None":
+    def build(cls, config: ModelConfig, weights: ModelWeights, lm_head_int8: bool = True) -> "DecodeState | None":
         """The state for ``weights``, or None when they are not in a layout decode_batch takes.
 
-        ``lm_head_int8``: read logits from an int8 copy of the f32 lm_head (one scale per
-        vocabulary row), a quarter of the bytes of the largest matrix of a small model, then
-        recompute the top RESCORE logits from the f32 rows: the argmax and the top logits are
-        the reference's, the others differ by the int8 rounding (~0.5%).
+        ``lm_head_int8`` (the default): read logits from an int8 copy of the lm_head (one scale
+        per vocabulary row; a quarter of the bytes of f32, the largest matrix of a small model)
+        with int8 activations, then recompute the top RESCORE logits from the exact rows: the
+        argmax and the top logits are the reference's, the others carry the int8 rounding (~1%).
+        False: the f32 lm_head, every logit as the readable forward computes it.
         """
         stacks = [_stack(weights.stacks[name]) for name in Layers._fields]
         head = weights.lm_head
-        if None in stacks or type(head) is not DenseLinear or head.bias is not None or \
-                not head.weight.flags.c_contiguous:
+        if None in stacks or type(head) not in (DenseLinear, HalfLinear) or head.bias is not None:
             return None
-        if lm_head_int8:
-            q8, scales = quantize_int8(head.weight)
-            head_tuple = Int8Head(head.weight, q8, scales, np.zeros(min(RESCORE, config.vocab_size), np.int64))
+        rows, bf16 = (head.bits, head.bf16) if type(head) is HalfLinear else (head.weight, False)
+        if not rows.flags.c_contiguous:
+            return None
+        if lm_head_int8 and config.hidden_size % ACT_BLOCK == 0:
+            head_tuple = _int8_head(head, rows, bf16)
         else:
-            head_tuple = DenseHead(head.weight)
-        return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed)
+            head_tuple = DenseHead(rows, bf16)
+        return cls(config, Layers(*stacks), weights.norms, weights.norm, head_tuple, weights.embed, lm_head_int8)
 
     def _scratch(self, rows: int, positions: int) -> Scratch:
         """Every intermediate of a step for ``rows`` sequences, the attention's for ``positions`` cache positions."""
         c = self.config
         H, I, heads = c.hidden_size, c.intermediate_size, c.num_attention_heads
         k_max = max(H, c.q_size, I)
-        g_max = max([s.scales.shape[2] for s in self.layers if isinstance(s, AwqStack)] + [1])
         chunks = n_chunks(positions)
         f32 = lambda *shape: np.zeros(shape, np.float32)
         return Scratch(h=f32(rows, H), qkv=f32(rows, c.q_size + 2 * c.kv_size), attn=f32(rows, c.q_size),
-                       mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H), xp=f32(k_max), xsum=f32(g_max),
-                       dots=f32(GEMV_CHUNKS * (k_max // 8 + 1)), scores=f32(rows, heads, positions),
-                       o_part=f32(rows, heads, chunks, c.head_dim), m_part=f32(rows, heads, chunks),
-                       l_part=f32(rows, heads, chunks))
+                       mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H), xq=np.zeros(rows * 2 * k_max, np.int8),
+                       xscale=f32(rows * k_max // ACT_BLOCK), xbsum=f32(rows * 2 * k_max // ACT_BLOCK),
+                       scores=f32(rows, heads, positions), o_part=f32(rows, heads, chunks, c.head_dim),
+                       m_part=f32(rows, heads, chunks), l_part=f32(rows, heads, chunks))
 
     def scratch_for(self, rows: int, positions: int) -> Scratch:
         """The scratch for ``rows`` sequences reaching ``positions`` positions, regrown (never shrunk) to fit."""
@@ -84,14 +87,23 @@ class DecodeState:
         s = self.scratch
         if rows == s.h.shape[0]:
             return s
-        return Scratch(*(a if a.ndim == 1 else a[:rows] for a in s))
+        return Scratch(*(a if a.ndim == 1 else a[:rows] for a in s))  # the flat activation buffers fit any B
 
     def cache_lists(self, caches: list[KVCache]) -> tuple[List, List]:
-        """Typed lists of the caches' k and v arrays for the kernel, rebuilt only when an array changed."""
-        key = tuple(id(a) for cache in caches for a in (cache.k, cache.v))
-        if key != self._lists[0]:
-            self._lists = (key, List([cache.k for cache in caches]), List([cache.v for cache in caches]))
+        """Typed lists of the caches' k and v arrays for the kernel, rebuilt only when an array changed.
+
+        Building them costs ~0.2 ms, a few percent of a step, so the last ones are kept, keyed by
+        the arrays themselves (held, so a new array can never pass for a freed one).
+        """
+        arrays = tuple(a for cache in caches for a in (cache.k, cache.v))
+        last = self._lists[0]
+        if len(arrays) != len(last) or any(a is not b for a, b in zip(arrays, last)):
+            self._lists = (arrays, List([cache.k for cache in caches]), List([cache.v for cache in caches]))
         return self._lists[1], self._lists[2]
+
+    def forget_caches(self) -> None:
+        """Drop the kept lists, so the memory of caches closed since the last step returns now."""
+        self._lists = ((), None, None)
 
 
 def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
@@ -117,9 +129,31 @@ def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache])
     return logits
 
 
+def _int8_head(head: DenseLinear | HalfLinear, rows: np.ndarray, bf16: bool) -> Int8Head:
+    """The Int8Head of an lm_head: int8 rows in kernel order, quantized a slab at a time (no full f32 copy).
+
+    The exact rescoring reads ``rows`` as stored: f32, or the f16/bf16 rows the readable forward widens.
+    """
+    n = head.out_features
+    q8, scales = np.empty((n, head.in_features), np.int8), np.empty(n, np.float32)
+    for lo in range(0, n, HEAD_SLAB):
+        hi = min(n, lo + HEAD_SLAB)
+        q, scales[lo:hi] = quantize_int8(head.rows(lo, hi) if type(head) is HalfLinear else head.weight[lo:hi])
+        q8[lo:hi] = to_kernel_order(q)
+    return Int8Head(q8, scales, rows, bf16, np.zeros(min(RESCORE, n), np.int64))
+
+
 def _stack(linear: Linear) -> AwqStack | DenseStack | None:
-    """A stacked Linear (arrays (L, ...)) -> decode_step's named stack, or None for a format it lacks."""
+    """A stacked Linear (arrays (L, ...)) -> decode_batch's named stack, or None for a format it lacks.
+
+    AWQ needs K a multiple of 64 and groups of 32 or a multiple of 64 inputs: the int8 activations'
+    blocks of 64 (kernels/qdot.py) hold two whole groups or lie inside one.
+    """
     if type(linear) is AwqLinear:
+        n_groups, n_words = linear.scales.shape[-1], linear.qweight.shape[-1]
+        n_blocks = n_words // 8
+        if n_words % 8 or not (n_groups == 2 * n_blocks or n_blocks % n_groups == 0):
+            return None
         arrays = (linear.qweight, linear.scales, linear.szeros)
         kind = AwqStack
     elif type(linear) is DenseLinear:

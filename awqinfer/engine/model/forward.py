@@ -14,6 +14,7 @@ of x come in segments, each belonging to one sequence's cache.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from .cache import KV_DTYPES, KVCache, bytes_per_position, check_kv_dtype
 from .device import get_backend
 from .fast_decode import DecodeState, decode_tokens
 from .rope import cos_sin
-from .threads import resolve_threads, use_threads
+from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
 
 
@@ -38,10 +39,11 @@ class Model:
         self.config = config
         self.backend = backend
         self.weights = backend.upload(weights)
-        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels (threads.py)
+        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels: at most this many
+        self.thread_chooser = ThreadChooser(self.threads) if threads is None else None  # None: always self.threads
         self.kv_dtype = kv_dtype  # how caches store keys and values (cache.py): "float16" or "float32"
         self.fast = True  # single CPU tokens through decode_tokens; False: always the readable forward
-        self.fast_lm_head_int8 = False  # True: decode_tokens screens logits with an int8 lm_head copy
+        self.fast_lm_head_int8 = True  # decode_tokens screens logits with an int8 lm_head (False: every logit exact)
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
 
@@ -55,7 +57,7 @@ class Model:
         ``kv_dtype``: "float16" (default, half the KV memory) or "float32" keys and values.
         """
         backend = get_backend(device)
-        threads = resolve_threads(threads)  # bad values are errors before any file is read
+        resolve_threads(threads)  # bad values are errors before any file is read
         check_kv_dtype(kv_dtype)
         config = ModelConfig.load(directory)
         return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads, kv_dtype)
@@ -85,7 +87,7 @@ class Model:
         ids = self._check(ids, cache)
         if len(ids) == 1:
             return self.forward_batch(ids, [cache], fast)
-        use_threads(self.threads)
+        use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         cache.ensure(cache.pos + len(ids))
         x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)))
         cache.pos += len(ids)
@@ -99,18 +101,24 @@ class Model:
         (fast_decode.py) unless ``fast`` (default: ``self.fast``) is False.
         """
         tokens = self._check_batch(tokens, caches)
-        use_threads(self.threads)
         for cache in caches:
             cache.ensure(cache.pos + 1)
         if (self.fast if fast is None else fast) and self._fast_state():
             with self._decode_lock:  # its scratch buffers serve one call at a time
-                return decode_tokens(self._decode_state, tokens, caches)
+                return self._decode_timed(tokens, caches)
+        use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
         angles = [cos_sin(*self._rope, cache.pos, 1) for cache in caches]
         cos, sin = np.concatenate([a[0] for a in angles]), np.concatenate([a[1] for a in angles])  # (B, D/2)
         x = self._layers(tokens, [(cache, cache.pos, slice(b, b + 1)) for b, cache in enumerate(caches)], (cos, sin))
         for cache in caches:
             cache.pos += 1
         return self._logits(x)
+
+    def forget_caches(self) -> None:
+        """Let go of the compiled step's references to the last batch's caches (a scheduler retiring them)."""
+        if self._decode_state:
+            with self._decode_lock:
+                self._decode_state.forget_caches()
 
     @property
     def _rope(self) -> tuple:
@@ -134,8 +142,21 @@ class Model:
         ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
         return ops.to_host(w.lm_head(h))
 
+    def _decode_timed(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+        """The compiled step with the thread count the chooser asks for (or the fixed one), its time reported back."""
+        chooser = self.thread_chooser
+        if chooser is None:
+            use_threads(self.threads)
+            return decode_tokens(self._decode_state, tokens, caches)
+        threads = chooser.next(len(tokens))
+        use_threads(threads)
+        start = time.perf_counter()
+        logits = decode_tokens(self._decode_state, tokens, caches)
+        chooser.record(threads, time.perf_counter() - start)
+        return logits
+
     def _fast_state(self) -> bool:
-        """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
+        """Whether decode_tokens can run this model (CPU, stackable AWQ/dense weights)."""
         state = self._decode_state
         if state is None or (state and state.lm_head_int8 != self.fast_lm_head_int8):
             ok = self.backend is CPU and DecodeState.build(self.config, self.weights, self.fast_lm_head_int8)

@@ -20,7 +20,8 @@ import numpy as np
 from ...errors import CheckpointError
 from ..checkpoint.config import ModelConfig
 from ..checkpoint.safetensors import Checkpoint
-from .linear import AwqLinear, DenseLinear, Embedding, Int8Linear, Linear, awq_to_kernel_layout, quantize_int8
+from .linear import AwqLinear, DenseLinear, Embedding, Int8Linear, Linear, awq_to_kernel_layout, quantize_int8, \
+    stored_linear
 from .memory import ensure_memory
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")
@@ -225,11 +226,12 @@ def load_weights(ckpt: Checkpoint, config: ModelConfig, int8: bool = False) -> M
     norm = ld.float32("model.norm.weight", (H,))
 
     if c.tie_word_embeddings:
-        lm_head = DenseLinear(embed.to_float32())
+        lm_head = embed.as_linear()
         if "lm_head.weight" in ckpt:  # some exports store the tied copy too
             ld.tensor("lm_head.weight", (V, H), FLOAT_DTYPES)
-    else:  # AutoAWQ quantizes decoder layers only: lm_head stays a float weight
-        lm_head = DenseLinear(ld.float32("lm_head.weight", (V, H)))
+    else:  # AutoAWQ quantizes decoder layers only: lm_head stays a float weight, 16-bit ones as stored
+        raw = ld.tensor("lm_head.weight", (V, H), FLOAT_DTYPES)
+        lm_head = stored_linear(raw, bf16=ckpt.info("lm_head.weight").dtype == "BF16")
 
     unknown = sorted(n for n in ckpt.tensors if n not in ld.used and not n.endswith(IGNORED_SUFFIXES))
     if unknown:

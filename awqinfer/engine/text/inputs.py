@@ -15,7 +15,7 @@ checked by tools.py.
 
 Anything else is an InputError that names the field, the value and what is
 allowed: an unknown key, a wrong type (a bool is not a number), NaN or inf, a
-value out of range, both or neither of prompt/messages, ``raw`` with messages.
+value out of range, both or neither of prompt/messages, no messages, ``raw`` with messages.
 ``lora`` and ``image`` are in the schema but not implemented, so they are refused
 by name rather than silently ignored.
 """
@@ -134,6 +134,8 @@ def _text(field: str, value, minimum: int = 0) -> str:
 def _messages(value) -> tuple[dict, ...]:
     if not isinstance(value, list):
         raise InputError(f"messages: got {describe_value(value)}; allowed: an array of {{role, content}} objects")
+    if not value:  # a bare chat template is no conversation: there is nothing to answer
+        raise InputError("messages: got an empty array; allowed: at least one {role, content} object")
     return tuple(_message(f"messages[{i}]", message) for i, message in enumerate(value))
 
 

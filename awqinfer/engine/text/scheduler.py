@@ -185,10 +185,13 @@ class Scheduler:
 
     def _retire(self, finished) -> None:
         """Drop running sequences for which ``finished(entry)`` holds; free their caches at once."""
-        for entry in [e for e in self._running if finished(e)]:
+        done = [e for e in self._running if finished(e)]
+        for entry in done:
             self._running.remove(entry)
             entry.seq.close()
             entry.out.put(_DONE)
+        if done:
+            self.model.forget_caches()
 
     def _step(self, batch: list[_Entry]) -> None:
         """One prefill chunk of the oldest sequence still reading its prompt, then one decode step."""
