@@ -8,6 +8,7 @@ the sampling parameters.
 """
 
 import json
+import time
 
 import jsonschema
 import numpy as np
@@ -15,9 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import llguidance
+from llguidance.numpy import apply_token_bitmask_inplace
+
 import awqinfer
 from awqinfer import InputError
 from awqinfer.engine.text.constraints import Grammars
+from awqinfer.engine.text.generate import Sequence
 from awqinfer.engine.text.sampling import History, SamplingParams, probabilities
 from awqinfer.engine.text.tokenizer import Tokenizer
 
@@ -161,6 +166,79 @@ def test_the_mask_gives_forbidden_tokens_probability_zero(grammars, seed, steps,
     probs = probabilities(constraint.apply(logits), history, params)
     assert np.all(np.isfinite(probs)) and np.isclose(probs.sum(), 1.0)
     assert probs[~allowed].sum() == 0.0 and probs[allowed].sum() > 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen2", "tiny_llama", "default_model"])
+def test_our_mask_is_llguidances_own(request, fixture):
+    """Walking through a schema, ``Constraint`` masks exactly as llguidance does on its own: its
+    bitmask (``compute_bitmask``), its numpy application (``apply_token_bitmask_inplace``), and its
+    parser's verdict that every allowed token is grammatical (``validate_tokens``), from a second
+    matcher fed the same tokens."""
+    tokenizer = Tokenizer(request.getfixturevalue(fixture))
+    vocab = max(tokenizer.vocab_size, 512)
+    grammars = Grammars(tokenizer, vocab, tokenizer.eos_token_ids)
+    grammar = grammars.json_schema(SCHEMAS["nested objects"])
+    rng = np.random.default_rng(7)
+    for walk in range(3):
+        ours = grammars.constraint(grammar, "schema")
+        theirs = llguidance.LLMatcher(grammars.ll_tokenizer, grammar, log_level=0)
+        for _ in range(40):
+            allowed = ours.allowed()
+            mask = np.frombuffer(theirs.compute_bitmask(), dtype=np.int32)
+            bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[:vocab].astype(bool)
+            np.testing.assert_array_equal(allowed, bits)
+            logits = rng.standard_normal(vocab).astype(np.float32)
+            reference = logits.copy()
+            apply_token_bitmask_inplace(reference, mask[None, :].copy())
+            np.testing.assert_array_equal(ours.apply(logits), reference)
+            for token in np.flatnonzero(allowed[:tokenizer.vocab_size]):  # each allowed token is grammatical
+                assert theirs.validate_tokens([int(token)]) == 1, token  # (the mask may be stricter: canonical
+                #                                                          tokens only where the text is forced)
+            token = int(rng.choice(np.flatnonzero(allowed)))
+            if token in grammars.stop_ids:
+                assert theirs.is_accepting()
+                break
+            assert theirs.consume_token(token)
+            if ours.advance(token):
+                assert theirs.is_stopped()
+                break
+
+
+def test_two_schemas_batched_together_each_valid(tiny_qwen2, monkeypatch):
+    """Sequences with different schemas in one decode batch: one matcher each, masked row by row."""
+    llm = awqinfer.load(tiny_qwen2)
+    schemas = [SCHEMAS["array with min/max items"] | {"minItems": 4}, SCHEMAS["array of objects"] | {"minItems": 2},
+               SCHEMAS["bounded integers"]]
+    batches, sequences, real_step = [], [], llm.model.forward_batch
+    monkeypatch.setattr(llm.model, "forward_batch", lambda tokens, caches, *a, **k: (
+        batches.append([id(c) for c in caches]), real_step(tokens, caches, *a, **k))[1])
+    real_sequence = Sequence.__init__
+    monkeypatch.setattr(Sequence, "__init__", lambda self, *a, **k: (
+        real_sequence(self, *a, **k), sequences.append(self))[0])
+    streams = [llm.run(json_inputs(schema, seed=i + 1, stream=True)) for i, schema in enumerate(schemas)]
+    texts = [joined(stream) for stream in streams]
+    for schema, (text, last) in zip(schemas, texts):
+        assert last["finish_reason"] == "stop", text
+        jsonschema.validate(json.loads(text), schema)
+    assert max(map(len, batches)) == len(schemas)  # all three stepped in one batch at least once
+    assert all(seq.constraint is None for seq in sequences)  # finished: their matchers are freed
+    for i, schema in enumerate(schemas):  # and each alone gives what it gave batched
+        assert llm.run(json_inputs(schema, seed=i + 1))["response"] == json.loads(texts[i][0])
+
+
+def test_a_cancelled_sequence_frees_its_matcher(tiny_qwen2):
+    llm = awqinfer.load(tiny_qwen2)
+    long = {"type": "array", "minItems": 200, "items": {"type": "integer"}}  # never done in max_tokens
+    seq = Sequence(llm.model, llm.tokenizer.encode_chat(PROMPT), SamplingParams(max_tokens=1000, seed=1),
+                   llm.stop_ids, constraint=llm.grammars.constraint(llm.grammars.json_schema(long), "x"))
+    stream = llm.scheduler.submit(seq)
+    next(iter(stream))
+    stream.close()
+    for _ in range(500):  # the engine thread retires it before its next step
+        if seq.constraint is None:
+            break
+        time.sleep(0.01)
+    assert seq.constraint is None and seq.generated < 1000
 
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen2", "tiny_llama", "default_model"])

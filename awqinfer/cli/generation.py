@@ -143,9 +143,10 @@ def cut_reason(llm, inputs: dict, reply: Reply) -> str:
     return f"the reply was cut: prompt and reply filled the model's context ({context} tokens)"
 
 
-def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None) -> list[dict]:
+def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None, tools: list | None = None,
+                     functions: list | None = None) -> list[dict]:
     """``llm.fit_messages`` with a one-line note on stderr when the oldest turns had to go."""
-    kept, dropped = llm.fit_messages(messages, max_tokens or FIELDS["max_tokens"].default)
+    kept, dropped = llm.fit_messages(messages, max_tokens or FIELDS["max_tokens"].default, tools, functions)
     if dropped:
         context = max_context(llm.model.config)
         turns = "message" if dropped == 1 else "messages"

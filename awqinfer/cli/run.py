@@ -111,7 +111,8 @@ def main(args) -> int:
         return fail(str(e), EXIT_USAGE)
     llm = load_model(args)
     if args.truncate:
-        inputs["messages"] = fit_conversation(llm, inputs["messages"], inputs.get("max_tokens"))
+        inputs["messages"] = fit_conversation(llm, inputs["messages"], inputs.get("max_tokens"), inputs.get("tools"),
+                                              inputs.get("functions"))
     reply = stream_reply(llm, inputs, verbose=args.verbose, echo=not args.json, options=run_options(args))
     if reply.interrupted:
         return EXIT_INTERRUPTED

@@ -19,6 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -106,17 +107,20 @@ class LLM:
             chunks = read_tool_calls(chunks)
         return chunks if request.stream else join_chunks(chunks, parse_json=request.json_schema is not None)
 
-    def fit_messages(self, messages: list[dict],
-                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+    def fit_messages(self, messages: list[dict], max_tokens: int = FIELDS["max_tokens"].default,
+                     tools: list | None = None, functions: list | None = None) -> tuple[list[dict], int]:
         """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
 
         Returns (the messages kept, how many were dropped); system messages and the last
-        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        turn always stay (text/context.py). ``tools`` / ``functions``: those the run will
+        offer, counted as the prompt will hold them. An opt-in for front ends that keep a long
         conversation going; ``run`` itself never truncates.
         """
-        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        inputs = {"messages": messages, "max_tokens": max_tokens, "tools": tools, "functions": functions}
+        request = parse_inputs({k: v for k, v in inputs.items() if v is not None})  # checked as run checks them
         room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
-        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
+        return fit_messages(request.messages, lambda kept: len(self.prompt_ids(replace(request, messages=kept))),
+                            room)
 
     def prompt_ids(self, request: Request, tools: tuple[Tool, ...] | None = None) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template.

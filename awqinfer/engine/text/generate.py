@@ -108,9 +108,10 @@ class Sequence:
         return token, None
 
     def close(self) -> None:
-        """Free the cache now (its memory and its budget reservation)."""
+        """Free the cache now (its memory and its budget reservation), and the grammar matcher."""
         if self.cache is not None:
             self.cache.close()
+        self.constraint = None
 
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
