@@ -15,6 +15,7 @@ what an interruption means (``run`` exits 130, ``chat`` keeps the conversation).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,19 +85,24 @@ class Reply:
         return self.chunks[-1].get("finish_reason") if self.chunks else None
 
 
-def stream_reply(llm, inputs: dict, verbose: bool = False, echo: bool = True) -> Reply:
+def stream_reply(llm, inputs: dict, verbose: bool = False, echo: bool = True, options: dict | None = None) -> Reply:
     """Run ``inputs`` on ``llm``, streamed: with ``echo`` the text goes to stdout as it comes; notes to stderr.
 
-    An echoed reply ends with a newline. A Ctrl-C stops the reply and sets ``interrupted``.
+    An echoed reply ends with a newline; tool calls (with tools) follow the text, one JSON
+    {"name", "arguments"} a line. ``options``: more keyword arguments of ``run`` (tool_choice).
+    A Ctrl-C stops the reply and sets ``interrupted``.
     """
     reply = Reply()
     progress = PrefillProgress(reply.timing, show=sys.stderr.isatty())
-    chunks = llm.run({**inputs, "stream": True}, on_prefill=progress)
+    chunks = llm.run({**inputs, "stream": True}, on_prefill=progress, **(options or {}))
     try:
         for chunk in chunks:
             reply.chunks.append(chunk)
             if echo:
                 write(chunk["response"])
+                calls = chunk.get("tool_calls", ())  # on the last chunk: each call on a line of its own
+                if calls:
+                    write(("\n" if reply.text else "") + "\n".join(json.dumps(c, ensure_ascii=False) for c in calls))
     except KeyboardInterrupt:
         reply.interrupted = True
     finally:
@@ -137,9 +143,10 @@ def cut_reason(llm, inputs: dict, reply: Reply) -> str:
     return f"the reply was cut: prompt and reply filled the model's context ({context} tokens)"
 
 
-def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None) -> list[dict]:
+def fit_conversation(llm, messages: list[dict], max_tokens: int | None = None, tools: list | None = None,
+                     functions: list | None = None) -> list[dict]:
     """``llm.fit_messages`` with a one-line note on stderr when the oldest turns had to go."""
-    kept, dropped = llm.fit_messages(messages, max_tokens or FIELDS["max_tokens"].default)
+    kept, dropped = llm.fit_messages(messages, max_tokens or FIELDS["max_tokens"].default, tools, functions)
     if dropped:
         context = max_context(llm.model.config)
         turns = "message" if dropped == 1 else "messages"

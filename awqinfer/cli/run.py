@@ -3,6 +3,9 @@
 ``--inputs FILE`` takes Workers AI inputs as JSON instead (a ``messages`` conversation,
 say); flags override its fields. ``--truncate`` lets a conversation longer than the
 model's context lose its oldest turns, with a notice, instead of being refused.
+``--json-schema FILE`` / ``--json-object`` constrain the output to JSON (``response_format``);
+``--tools FILE`` offers tools, and the calls the model makes are printed after its text, one
+JSON object {"name", "arguments"} a line.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ def add_parser(subparsers) -> None:
                    help="messages longer than the model's context lose their oldest turns (the system prompt "
                         "and the last message stay; a note on stderr says how many) instead of being refused")
     p.add_argument("--json", action="store_true", help="print the whole (non-streamed) result as JSON")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json-schema", metavar="FILE", default=None,
+                        help="the output is JSON valid under the JSON Schema in FILE (response_format json_schema)")
+    output.add_argument("--json-object", action="store_true",
+                        help="the output is a JSON object (response_format json_object)")
+    output.add_argument("--tools", metavar="FILE", default=None,
+                        help="a JSON array of tools ({name, description, parameters} or OpenAI's "
+                             "{type: function, function}) the model may call; calls print as JSON lines")
+    p.add_argument("--tool-choice", default=None, metavar="MODE",
+                   help="with tools: auto (default), none, required, or a tool's name (always call it)")
     add_verbose_flag(p)
 
 
@@ -44,17 +57,21 @@ def build_inputs(args) -> dict:
     if (args.prompt is None) == (args.inputs is None):
         raise ValueError("give either PROMPT or --inputs FILE" if args.prompt is None else
                          "PROMPT and --inputs both give the inputs; use one")
-    if args.raw and args.system is not None:
-        raise ValueError("--raw sends the prompt without a chat template, so it cannot take --system")
+    if args.raw and (args.system is not None or args.tools is not None):
+        raise ValueError("--raw sends the prompt without a chat template, so it cannot take --system or --tools")
     if args.inputs is not None:
         if args.raw or args.system is not None:
             raise ValueError("--raw and --system shape PROMPT; with --inputs, put 'raw' or a system message "
                              "in the JSON")
-        inputs = read_json_inputs(args.inputs)
+        inputs = read_json("--inputs", args.inputs)
+        if not isinstance(inputs, dict):
+            raise ValueError(f"--inputs {args.inputs}: got a JSON {type(inputs).__name__}; allowed: an object of "
+                             "Workers AI inputs such as {\"messages\": [...]}")
     else:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-        if args.system is not None:
-            inputs = {"messages": [{"role": "system", "content": args.system}, {"role": "user", "content": prompt}]}
+        system = [] if args.system is None else [{"role": "system", "content": args.system}]
+        if system or args.tools is not None:  # tools come with the Messages form only
+            inputs = {"messages": [*system, {"role": "user", "content": prompt}]}
         else:
             inputs = {"prompt": prompt, **({"raw": True} if args.raw else {})}
     if args.truncate and "messages" not in inputs:
@@ -63,20 +80,36 @@ def build_inputs(args) -> dict:
         if args.lora_dir is None:
             raise ValueError("--lora NAME picks an adapter of --lora-dir DIR; give --lora-dir too")
         inputs["lora"] = args.lora
+    if getattr(args, "json_schema", None) is not None:  # nor the JSON and tools flags
+        inputs["response_format"] = {"type": "json_schema", "json_schema": read_json("--json-schema", args.json_schema)}
+    elif getattr(args, "json_object", False):
+        inputs["response_format"] = {"type": "json_object"}
+    elif getattr(args, "tools", None) is not None:
+        inputs["tools"] = read_json("--tools", args.tools)
+    if getattr(args, "tool_choice", None) is not None and "tools" not in inputs and "functions" not in inputs:
+        raise ValueError("--tool-choice needs tools (--tools, or 'tools' / 'functions' in --inputs)")
     return {**inputs, **sampling_inputs(args)}
 
 
-def read_json_inputs(path: str) -> dict:
-    """The JSON object in ``path`` ('-': stdin)."""
+def read_json(flag: str, path: str):
+    """The JSON in file ``path`` ('-': stdin); ValueError naming ``flag`` if it is not JSON."""
     text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     try:
-        inputs = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--inputs {path}: not valid JSON ({e})") from None
-    if not isinstance(inputs, dict):
-        raise ValueError(f"--inputs {path}: got a JSON {type(inputs).__name__}; allowed: an object of Workers AI "
-                         "inputs such as {\"messages\": [...]}")
-    return inputs
+        raise ValueError(f"{flag} {path}: not valid JSON ({e})") from None
+
+
+def run_options(args) -> dict:
+    """LLM.run's keyword options from the flags: --tool-choice, a mode or a tool's name as OpenAI names one."""
+    if args.tool_choice is None or args.tool_choice in ("auto", "none", "required"):
+        return {"tool_choice": args.tool_choice}
+    return {"tool_choice": {"type": "function", "function": {"name": args.tool_choice}}}
+
+
+def json_mode(inputs: dict) -> bool:
+    """Whether ``inputs`` (already accepted by run) ask for JSON output: then ``response`` is parsed."""
+    return inputs.get("response_format", {}).get("type", "text") != "text"
 
 
 def main(args) -> int:
@@ -86,10 +119,11 @@ def main(args) -> int:
         return fail(str(e), EXIT_USAGE)
     llm = load_model(args)
     if args.truncate:
-        inputs["messages"] = fit_conversation(llm, inputs["messages"], inputs.get("max_tokens"))
-    reply = stream_reply(llm, inputs, verbose=args.verbose, echo=not args.json)
+        inputs["messages"] = fit_conversation(llm, inputs["messages"], inputs.get("max_tokens"), inputs.get("tools"),
+                                              inputs.get("functions"))
+    reply = stream_reply(llm, inputs, verbose=args.verbose, echo=not args.json, options=run_options(args))
     if reply.interrupted:
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(join_chunks(reply.chunks), ensure_ascii=False))
+        print(json.dumps(join_chunks(reply.chunks, parse_json=json_mode(inputs)), ensure_ascii=False))
     return 0

@@ -8,7 +8,8 @@
     text -> ids, and back                   text/tokenizer.py, text/chat_template.py (rendered in text/sandbox.py
                                             under text/template_limits.py), text/detokenizer.py
     inputs -> a checked request             text/schema.py, text/inputs.py
-    logits -> the next id                   text/sampling.py
+    logits -> the next id                   text/sampling.py, under a grammar: text/constraints.py
+    tools -> prompt, grammar, calls         text/tools.py, text/tool_stream.py
     prompt -> a stream of ids               text/generate.py
     all of it behind one object             llm.py (LLM, load, run)
     one generation, shown step by step      trace.py (the readable path, observed: awqinfer trace)

@@ -2,9 +2,11 @@
 
 ``LLM.run(inputs)`` is the Workers AI text-generation call, in layers:
 
-    inputs -> Request (text/inputs.py) -> prompt ids (chat template or raw) -> a Sequence
+    inputs -> Request (text/inputs.py) -> prompt ids (chat template or raw; tools: text/tools.py)
+           -> a Sequence, with a grammar constraint for JSON mode and tools (text/constraints.py)
            -> the model's Scheduler (text/scheduler.py), batched with every other run -> tokens
            -> text chunks {"response": ...}, the last with "usage" and "finish_reason"
+           -> with tools, tool calls read out of the text (text/tool_stream.py)
            -> with stream=False, the chunks joined into one result
 
 The non-streamed result is built by joining the stream, so the two cannot disagree.
@@ -12,10 +14,12 @@ The non-streamed result is built by joining the stream, so the two cannot disagr
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,12 +30,15 @@ from .model.device import get_backend
 from .model.forward import Model
 from .model.kv_budget import KV_BUDGET
 from .model.threads import resolve_threads
+from .text.constraints import Constraint, Grammars
 from .text.context import fit_messages
 from .text.generate import Sequence, check_prompt
 from .text.inputs import Request, parse_inputs
 from .text.scheduler import Scheduler, TokenStream, check_bounds
 from .text.schema import FIELDS
 from .text.tokenizer import Tokenizer
+from .text.tool_stream import read_tool_calls
+from .text.tools import Tool, ToolChoice, parse_tool_choice, prompt_messages, takes_tools, tools_grammar
 
 
 class LLM:
@@ -46,6 +53,7 @@ class LLM:
         self.stop_ids = frozenset(model.config.eos_token_ids) | tokenizer.eos_token_ids
         # every run() of this model, from any thread, is batched on one engine thread
         self.scheduler = Scheduler(model, max_batch, max_queue)
+        self.grammars = Grammars(tokenizer, model.config.vocab_size, self.stop_ids)  # JSON mode, tool calls
 
     @property
     def adapters(self) -> list[str]:
@@ -81,44 +89,83 @@ class LLM:
         return cls(model, tokenizer, name or str(directory), max_batch, max_queue)
 
     def run(self, inputs: dict, *, cancel: threading.Event | None = None,
-            on_prefill: Callable[[int, int], None] | None = None):
+            on_prefill: Callable[[int, int], None] | None = None, tool_choice=None, parallel_tool_calls: bool = True):
         """Generate text for Workers AI ``inputs``: a result dict, or with ``stream`` an iterator of chunks.
 
         Result: {"response": str, "usage": {prompt_tokens, completion_tokens, total_tokens},
-        "finish_reason": "stop" | "length"}; completion_tokens counts every generated token,
-        a final EOS included (it adds no text). Chunks: {"response": str}, the last one also
-        with "usage" and "finish_reason". Bad inputs raise InputError here, before any
-        chunk, also when streaming.
+        "finish_reason": "stop" | "length" | "tool_calls"}; completion_tokens counts every generated
+        token, a final EOS included (it adds no text). Chunks: {"response": str}, the last one also
+        with "usage" and "finish_reason". Bad inputs raise InputError here, before any chunk, also
+        when streaming.
+
+        ``response_format`` (JSON mode): the output is JSON valid under the schema, and the result's
+        "response" is the parsed value; if max_tokens cuts it, finish_reason is "length" and
+        "response" the text so far. Chunks carry the JSON text. ``tools`` / ``functions``: the
+        result has "tool_calls": [{"name", "arguments": {...}}] when the model called tools
+        (finish_reason "tool_calls"), "response" any text before them; chunks stream each call as
+        "tool_call_delta" pieces (text/tool_stream.py) and the last chunk carries "tool_calls".
 
         For front ends: ``cancel`` (a threading.Event, set from any thread) stops the generation
         at the next prompt chunk or decode step, and a cancelled stream simply ends;
-        ``on_prefill(done, total)`` reports the prompt's progress, chunk by chunk.
+        ``on_prefill(done, total)`` reports the prompt's progress, chunk by chunk; ``tool_choice``
+        (OpenAI's: "auto", "none", "required" or {"type": "function", "function": {"name"}}) and
+        ``parallel_tool_calls`` (False: one call at most) say how the tools may be used.
         """
         request = parse_inputs(inputs)
         self.model.adapters.index(request.lora)  # an adapter that is not loaded: InputError naming those that are
-        prompt_ids = self.prompt_ids(request)
+        if not isinstance(parallel_tool_calls, bool):
+            raise InputError(f"parallel_tool_calls: got {parallel_tool_calls!r}; allowed: true or false")
+        choice = parse_tool_choice(tool_choice, request.tools)
+        tools = () if choice.mode == "none" else request.tools
+        prompt_ids = self.prompt_ids(request, tools)
         check_prompt(self.model, prompt_ids)
+        constraint = self._constraint(request, tools, choice, parallel_tool_calls)
         seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill,
-                       adapter=request.lora)
+                       adapter=request.lora, constraint=constraint)
         chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
-        return chunks if request.stream else join_chunks(chunks)
+        if tools:
+            chunks = read_tool_calls(chunks)
+        return chunks if request.stream else join_chunks(chunks, parse_json=request.json_schema is not None)
 
-    def fit_messages(self, messages: list[dict],
-                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+    def fit_messages(self, messages: list[dict], max_tokens: int = FIELDS["max_tokens"].default,
+                     tools: list | None = None, functions: list | None = None) -> tuple[list[dict], int]:
         """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
 
         Returns (the messages kept, how many were dropped); system messages and the last
-        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        turn always stay (text/context.py). ``tools`` / ``functions``: those the run will
+        offer, counted as the prompt will hold them. An opt-in for front ends that keep a long
         conversation going; ``run`` itself never truncates.
         """
-        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        inputs = {"messages": messages, "max_tokens": max_tokens, "tools": tools, "functions": functions}
+        request = parse_inputs({k: v for k, v in inputs.items() if v is not None})  # checked as run checks them
         room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
-        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
+        return fit_messages(request.messages, lambda kept: len(self.prompt_ids(replace(request, messages=kept))),
+                            room)
 
-    def prompt_ids(self, request: Request) -> list[int]:
-        """The prompt as token ids: messages and non-raw prompts go through the chat template."""
-        chat = request.chat
-        return self.tokenizer.encode_raw(request.prompt) if chat is None else self.tokenizer.encode_chat(chat)
+    def prompt_ids(self, request: Request, tools: tuple[Tool, ...] | None = None) -> list[int]:
+        """The prompt as token ids: messages and non-raw prompts go through the chat template.
+
+        ``tools``: those offered to the model (default: the request's), described by the template
+        if it takes tools, else by a system preamble (text/tools.py).
+        """
+        if request.messages is not None:
+            native = takes_tools(self.tokenizer.chat_template.source)
+            messages, template_tools = prompt_messages(request.messages, request.tools if tools is None else tools,
+                                                       native)
+            return self.tokenizer.encode_chat(messages, template_tools)
+        if request.raw:
+            return self.tokenizer.encode_raw(request.prompt)
+        return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
+
+    def _constraint(self, request: Request, tools: tuple[Tool, ...], choice: ToolChoice,
+                    parallel: bool) -> Constraint | None:
+        """The grammar this request's output must follow, as a fresh matcher (None: free text)."""
+        if request.json_schema is not None:
+            grammar = self.grammars.json_schema(request.json_schema)
+            return self.grammars.constraint(grammar, "response_format.json_schema")
+        if tools:
+            return self.grammars.constraint(tools_grammar(tools, choice, parallel, self.grammars), "tools")
+        return None
 
     def _chunks(self, n_prompt: int, tokens: TokenStream) -> Iterator[dict]:
         """Generated tokens -> text chunks; stop tokens count as output but add no text."""
@@ -134,15 +181,24 @@ class LLM:
                 yield {"response": text + decoder.finish(), "usage": usage, "finish_reason": reason}
 
 
-def join_chunks(chunks) -> dict:
-    """The non-streamed result: the chunks' text joined, the usage and finish reason of the last."""
+def join_chunks(chunks, parse_json: bool = False) -> dict:
+    """The non-streamed result: the chunks' text joined, the usage, finish reason and tool calls of the last.
+
+    ``parse_json`` (JSON mode): "response" is the JSON text parsed, unless the output was cut short
+    (finish_reason "length"): then it stays the text so far.
+    """
     texts, last = [], {}
     for chunk in chunks:
         texts.append(chunk["response"])
         last = chunk
     if "usage" not in last:  # the stream ended early: its cancel event was set
         raise Cancelled("the generation was cancelled before it finished")
-    return {"response": "".join(texts), "usage": last["usage"], "finish_reason": last["finish_reason"]}
+    text = "".join(texts)
+    result = {"response": json.loads(text) if parse_json and last["finish_reason"] == "stop" else text,
+              "usage": last["usage"], "finish_reason": last["finish_reason"]}
+    if "tool_calls" in last:
+        result["tool_calls"] = last["tool_calls"]
+    return result
 
 
 _LOADED: OrderedDict = OrderedDict()  # (model, device) -> LLM, most recently used last

@@ -6,5 +6,8 @@
     tokenizer.py      tokenizer.json: text <-> ids, messages -> prompt ids
     detokenizer.py    StreamDecoder: ids -> text chunks, never a broken character
     sampling.py       logits -> penalties -> temperature -> top-k -> top-p -> a seeded draw
+    constraints.py    grammars (llguidance): the tokens a JSON Schema or tool grammar forbids masked before the draw
+    tools.py          tools/functions -> the prompt's description of them and the grammar of valid calls
+    tool_stream.py    generated text -> the answer and tool calls, streamed in pieces
     generate.py       prefill, then decode token by token until a stop
 """

@@ -87,6 +87,7 @@ class ChatTemplate:
         self.origin = str(origin) if source is not None else PLAIN_ORIGIN
         self.limits = limits
         source = PLAIN_CHAT_TEMPLATE if source is None else source
+        self.source = source  # read by tools.py: does it render tools itself?
         if len(source) > MAX_TEMPLATE_CHARS:
             raise TemplateCheckpointError(f"{self.origin}: the chat template is over {MAX_TEMPLATE_CHARS:,} characters")
         env = LimitedSandbox(globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now})

@@ -22,6 +22,7 @@ import numpy as np
 from ...errors import InputError
 from ..model.cache import KVCache, max_context
 from ..model.forward import Model
+from .constraints import Constraint
 from .sampling import History, SamplingParams, next_token, unobserved
 
 PREFILL_CHUNK = 256  # prompt tokens per forward call: a cancel or a progress report waits at most one chunk
@@ -48,7 +49,9 @@ class Sequence:
     others (scheduler.py): ``start`` makes the cache, ``prefill_chunk`` feeds the prompt a
     chunk at a time, ``sample`` draws the next token from ``logits`` and says whether it is the
     last, and whoever runs the model puts the next logits back into ``logits`` (``feed`` when
-    the sequence runs alone).
+    the sequence runs alone). A ``constraint`` (constraints.py: JSON mode, tool calls) masks
+    what its grammar forbids before every draw, and ends the sequence ("stop") once the grammar
+    is complete.
 
     ``observer``, if given, watches the readable path: an object whose ``layer(l, name, value)``
     goes to Model.forward's ``observe`` (which then runs every token through decoder_layer)
@@ -57,9 +60,10 @@ class Sequence:
 
     def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                  cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None,
-                 observer=None, adapter: str | None = None):
+                 observer=None, adapter: str | None = None, constraint: Constraint | None = None):
         self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
         self.adapter = adapter  # the LoRA adapter every step of this sequence applies (None: the base model)
+        self.constraint = constraint
         self.cancel = cancel or threading.Event()
         self.on_prefill = on_prefill
         self._observe_layer = observer.layer if observer is not None else None
@@ -99,11 +103,14 @@ class Sequence:
 
     def sample(self) -> tuple[int, str | None]:
         """The next token from ``logits``, and "stop", "length" or None (more to come)."""
-        token = next_token(self.logits, self.history, self.params, self.rng, self._observe_sampling)
+        logits = self.logits if self.constraint is None else self.constraint.apply(self.logits)
+        token = next_token(logits, self.history, self.params, self.rng, self._observe_sampling)
         self.generated += 1
         self.logits = None
         if token in self.stop_ids:
             return token, "stop"
+        if self.constraint is not None and self.constraint.advance(token):
+            return token, "stop"  # the grammar is complete: nothing but a stop token could follow
         if self.generated == self.params.max_tokens or self.cache.free == 0:
             return token, "length"
         self.history.add(token)
@@ -126,15 +133,17 @@ class Sequence:
             self.feed(token)
 
     def close(self) -> None:
-        """Free the cache now (its memory and its budget reservation)."""
+        """Free the cache now (its memory and its budget reservation), and the grammar matcher."""
         if self.cache is not None:
             self.cache.close()
+        self.constraint = None
 
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                     cancel: threading.Event | None = None,
                     on_prefill: Callable[[int, int], None] | None = None,
-                    adapter: str | None = None) -> Iterator[tuple[int, str | None]]:
+                    adapter: str | None = None,
+                    constraint: Constraint | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
     The readable generation loop (``Sequence.tokens``); the scheduler runs the same Sequence
@@ -142,7 +151,8 @@ def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams,
     ``Model.forward`` checks ids and cache again before any kernel. Closing the generator early
     frees the cache with it. ``adapter``: a loaded LoRA adapter's name, applied at every step.
     """
-    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter=adapter)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill, adapter=adapter,
+                   constraint=constraint)
     seq.start()
     try:
         yield from seq.tokens()

@@ -60,6 +60,13 @@ class Tokenizer:
         """Tokens the tokenizer knows, added (special) tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json text, without padding or truncation (for llguidance, constraints.py)."""
+        copy = _HFTokenizer.from_str(self._tok.to_str())
+        copy.no_padding()
+        copy.no_truncation()
+        return copy.to_str()
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Text -> token ids; special tokens (BOS) added as the tokenizer's post-processor says."""
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -98,9 +105,10 @@ class Tokenizer:
         return self.chat_template.render(messages=messages, tools=tools, documents=documents,
                                          add_generation_prompt=add_generation_prompt, **self.special_tokens)
 
-    def encode_chat(self, messages) -> list[int]:
-        """Messages -> prompt ids: the rendered template, encoded without adding a second BOS (as HF does)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
+    def encode_chat(self, messages, tools=None) -> list[int]:
+        """Messages (and tools) -> prompt ids: the rendered template, encoded without a second BOS (as HF does)."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=True, tools=tools),
+                           add_special_tokens=False)
 
     def encode_raw(self, text: str) -> list[int]:
         """A raw prompt -> ids with the tokenizer's special tokens, unless the text already starts with the BOS."""
