@@ -7,9 +7,11 @@ import sys
 import awqinfer
 
 from . import chat, convert, models, quantize, run
+from . import eval as evaluate
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail
 
-COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize}  # name -> module
+COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize,  # name -> module
+            "eval": evaluate}
 
 
 def build_parser() -> Parser:
