@@ -19,28 +19,38 @@ from checkpoints import make_model
 # --- GPTQ ------------------------------------------------------------------------------
 
 
-def obq_reference(weight, gram, group_size, clip=None):
+def obq_reference(weight, gram, group_size, clip=None, act_order=False):
     """GPTQ's result computed directly (float64, no Cholesky, no lazy blocks): round column j on its group's
-    grid, spread its error over the later columns through the running inverse Hessian, remove column j from it."""
+    grid, spread its error over the later columns through the running inverse Hessian, remove column j from it.
+    With act_order the columns go by decreasing H diagonal, each group's grid fixed from the original weights."""
     w = weight.astype(np.float64)
     n, k = w.shape
     h = gram.astype(np.float64)
     h = h + DAMP * np.mean(np.diag(h)) * np.eye(k)
     h_inv = np.linalg.inv(h)
     out = np.zeros_like(w)
-    for j in range(k):
-        if j % group_size == 0:
-            part = w[:, j:j + group_size].astype(np.float32)
-            if clip is not None:
-                bound = clip(gram[j:j + group_size, j:j + group_size], part)
-                part = np.clip(part, -bound, bound)
-            zero, scale = grid(part[:, None, :])
-            zero, step = zero[:, 0, 0], scale[:, 0].astype(np.float64)
+    grids = {}
+
+    def group_grid(j0, part):
+        if clip is not None:
+            bound = clip(gram[j0:j0 + group_size, j0:j0 + group_size], part)
+            part = np.clip(part, -bound, bound)
+        zero, scale = grid(part[:, None, :])
+        return zero[:, 0, 0], scale[:, 0].astype(np.float64)
+
+    if act_order:
+        grids = {j0: group_grid(j0, weight[:, j0:j0 + group_size]) for j0 in range(0, k, group_size)}
+    order = np.argsort(-np.diag(gram), kind="stable") if act_order else range(k)
+    for j in order:
+        j0 = j - j % group_size
+        if not act_order and j == j0:
+            grids[j0] = group_grid(j0, w[:, j:j + group_size].astype(np.float32))
+        zero, step = grids[j0]
         code = np.clip(np.round(w[:, j] / step) + zero, 0, MAX_INT)
         out[:, j] = (code - zero) * step
         err = (w[:, j] - out[:, j]) / h_inv[j, j]
-        w[:, j:] -= np.outer(err, h_inv[j, j:])
-        h_inv -= np.outer(h_inv[:, j], h_inv[j, :]) / h_inv[j, j]
+        w -= np.outer(err, h_inv[j])  # column j itself becomes exactly its rounded value
+        h_inv -= np.outer(h_inv[:, j], h_inv[j, :]) / h_inv[j, j]  # and leaves the problem
     return out
 
 
@@ -50,8 +60,9 @@ def correlated_inputs(rng, tokens, k):
     return x + 0.5 * x[:, [0]]  # and correlated ones: where error feedback pays
 
 
-@pytest.mark.parametrize("group_size,k", [(32, 256), (64, 320)])  # 320: the last lazy block is partial
-def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k):
+@pytest.mark.parametrize("group_size,k,act_order", [(32, 256, False), (64, 320, False), (32, 256, True)])
+def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k, act_order):
+    """320 inputs: the last lazy block is partial; act_order: columns by decreasing H diagonal, static grids."""
     from awqinfer.engine.quant.awq_search import search_clip
 
     rng = np.random.default_rng(group_size)
@@ -59,10 +70,10 @@ def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k):
     w = rng.standard_normal((48, k)).astype(np.float32)
     gram = x.T @ x
     for clip in (None, lambda block, part: search_clip(block, part, part.shape[1])):
-        codes, zeros, scales = gptq_quantize(w, gram, group_size, clip)
+        codes, zeros, scales = gptq_quantize(w, gram, group_size, clip, act_order)
         assert codes.shape == w.shape and codes.dtype == np.uint8 and codes.max() <= MAX_INT
         assert zeros.shape == scales.shape == (48, k // group_size) and scales.dtype == np.float16
-        ours, ref = dequantize(codes, zeros, scales), obq_reference(w, gram, group_size, clip)
+        ours, ref = dequantize(codes, zeros, scales), obq_reference(w, gram, group_size, clip, act_order)
         apart = np.abs(ours - ref) > 1e-4 * np.abs(ref).max()
         err = lambda v: float(np.sum((x @ (v - w).T) ** 2))
         if clip is None:
@@ -70,6 +81,27 @@ def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k):
         else:  # the clipping search's argmin can flip on float32 vs float64 noise, then that row's path differs
             assert apart.any(axis=1).mean() < 0.2 and err(ours) == pytest.approx(err(ref), rel=0.01)
         assert err(ours) < 0.8 * err(dequantize(*rtn_quantize(w, group_size)))
+
+
+def test_scale_refit_is_the_least_squares_optimum():
+    """refit_scales against numpy's lstsq on the calibration inputs: min ||X (w_n - sum_g s_g v_g)||, row by row."""
+    from awqinfer.engine.quant.gptq import refit_scales
+
+    rng = np.random.default_rng(5)
+    x = correlated_inputs(rng, 512, 96)
+    w = rng.standard_normal((10, 96)).astype(np.float32)
+    gram = x.T @ x
+    codes, zeros, scales = rtn_quantize(w, 32)
+    codes[0, :32] = zeros[0, 0]  # a group whose codes are all its zero point: no scale can matter, it is kept
+    new = refit_scales(w, gram, codes, zeros, scales, rows=3)  # rows=3: the row chunks end unevenly
+    assert new.dtype == np.float16 and new.shape == scales.shape and new[0, 0] == scales[0, 0]
+    v = (codes.reshape(10, 3, 32).astype(np.float64) - zeros[..., None])
+    for n in range(1, 10):
+        basis = np.stack([x.astype(np.float64)[:, g * 32:(g + 1) * 32] @ v[n, g] for g in range(3)], axis=1)
+        best = np.linalg.lstsq(basis, x.astype(np.float64) @ w[n], rcond=None)[0]
+        np.testing.assert_allclose(new[n].astype(np.float64), best, rtol=2e-3)
+    err = lambda s: float(np.sum((x @ (dequantize(codes, zeros, s) - w).T) ** 2))
+    assert err(new) < err(scales)
 
 
 def test_gptq_zeroes_dead_inputs_and_keeps_the_awq_grid():

@@ -44,10 +44,7 @@ def inverse_cholesky(gram: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, 
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
-    lower = np.linalg.cholesky(h)  # H = L L^T, so H^-1 = L^-T L^-1
-    lower_inv = np.linalg.solve(lower, np.eye(len(h)))  # L^-1, lower triangular
-    h_inv = lower_inv.T @ lower_inv
-    return np.linalg.cholesky(h_inv).T, dead
+    return np.linalg.cholesky(np.linalg.inv(h)).T, dead
 
 
 def group_grid(part: np.ndarray, block: np.ndarray, clip=None):
@@ -100,3 +97,29 @@ def gptq_quantize(weight: np.ndarray, gram: np.ndarray, group_size: int, clip=No
             w[i + 1:b1] -= np.outer(u[i, i + 1:b1], err[i - b0])
         w[b1:] -= u[b0:b1, b1:].T @ err
     return codes.T.copy(), zeros.T.astype(np.uint8), np.ascontiguousarray(scales.T)
+
+
+def refit_scales(weight: np.ndarray, gram: np.ndarray, codes: np.ndarray, zeros: np.ndarray,
+                 scales: np.ndarray, rows: int = 256) -> np.ndarray:
+    """The fp16 scales (N, K/g) that, for these codes and zeros, minimise each row's output error.
+
+    Row n's weights are sum_g s_g v_g with v_g = (codes - zero) on group g's columns, so its
+    error (w - sum s_g v_g) H (w - sum s_g v_g)^T is a quadratic in its G scales: A s = b with
+    A[g, h] = v_g H v_h^T and b[g] = v_g H w^T (H = ``gram``). A scale whose solution is not
+    positive and finite keeps its old value. ``rows`` bounds the memory: (rows, G, K) f32.
+    """
+    n, k = weight.shape
+    groups = zeros.shape[1]
+    size = k // groups
+    v = codes.reshape(n, groups, size).astype(np.float32) - zeros[..., None]
+    out = scales.copy()
+    for r0 in range(0, n, rows):
+        vr = v[r0:r0 + rows]
+        vh = np.stack([vr[:, g] @ gram[g * size:(g + 1) * size] for g in range(groups)], axis=1)  # (R, G, K)
+        a = np.einsum("rgki,rki->rgk", vh.reshape(len(vr), groups, groups, size), vr).astype(np.float64)
+        b = np.einsum("rgk,rk->rg", vh, weight[r0:r0 + rows]).astype(np.float64)
+        a[:, np.arange(groups), np.arange(groups)] += 1e-9 * np.abs(a).max() + 1e-30  # all-zero groups
+        s = np.linalg.solve(a, b[..., None])[..., 0]
+        good = np.isfinite(s) & (s > 0)
+        out[r0:r0 + rows][good] = s[good].astype(np.float16)
+    return out

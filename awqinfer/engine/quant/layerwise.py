@@ -29,7 +29,7 @@ from ..model.forward import decoder_layer
 from ..model.rope import cos_sin
 from ..model.weights import LayerWeights
 from .awq_search import Group, apply_clip, fold_scales, scaling_groups, search_clip, search_scales
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize, refit_scales
 from .rounding import dequantize, rtn_quantize
 
 
@@ -41,6 +41,7 @@ class Method:
     clip: bool  # AWQ's clipping search
     gptq: bool  # GPTQ's error feedback instead of rounding to nearest
     act_order: bool = False  # GPTQ rounds the largest inputs' columns first (static groups)
+    refit: bool = False  # after rounding, refit each group's scale to the output error (gptq.refit_scales)
     propagate: str = "float"  # the next layer's inputs: 'float' or 'quantized' outputs of this one
 
     @property
@@ -98,18 +99,26 @@ class LayerQuantizer:
     def _round(self, group: Group, gram: np.ndarray) -> Quantized:
         """The group's linear rounded to 4 bits: clipped and rounded to nearest, or through GPTQ."""
         m, g, weight = self.method, self.group_size, group.linear.weight
+        target = weight.copy() if m.refit else None
         if not m.gptq:
             if m.clip:
                 rows = weight[group.clip]
                 apply_clip(rows, search_clip(gram, rows, g), g)
-            return rtn_quantize(weight, g)
+            rounded = rtn_quantize(weight, g)
+            return rounded if target is None else self._refit(target, gram, rounded)
 
         def clip(block: np.ndarray, part: np.ndarray) -> np.ndarray:
             bound = np.abs(part).max(axis=1, keepdims=True)
             bound[group.clip] = search_clip(block, part[group.clip], g)
             return bound
 
-        return gptq_quantize(weight, gram, g, clip if m.clip else None, m.act_order)
+        rounded = gptq_quantize(weight, gram, g, clip if m.clip else None, m.act_order)
+        return rounded if target is None else self._refit(target, gram, rounded)
+
+    @staticmethod
+    def _refit(weight: np.ndarray, gram: np.ndarray, rounded: Quantized) -> Quantized:
+        codes, zeros, scales = rounded
+        return codes, zeros, refit_scales(weight, gram, codes, zeros, scales)
 
     def _run(self, layer: LayerWeights, x: np.ndarray, record: bool = True) -> dict[str, tuple]:
         """Run the layer over every sample of ``x`` in place; each group's input statistics.
