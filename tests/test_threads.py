@@ -56,3 +56,39 @@ def test_cli_threads_flag(tiny_qwen2):
     too_many = subprocess.run(base + ["--threads", "999", "Hello"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode == 2 and "threads: got 999" in too_many.stderr
     assert "Traceback" not in too_many.stderr
+
+
+def test_thread_chooser_keeps_the_fastest_count_and_follows_the_load():
+    """Timed rounds pick the faster candidate; a later round revises the choice when the timings change."""
+    from awqinfer.engine.model.threads import ThreadChooser
+
+    chooser = ThreadChooser(2)
+    assert chooser.candidates == [2, 1] and chooser.best == 2
+    step_time = {2: 0.004, 1: 0.007}  # a quiet machine: 2 threads faster
+
+    def run(steps):
+        used = []
+        for _ in range(steps):
+            n = chooser.next()
+            used.append(n)
+            chooser.record(n, step_time[n])
+        return used
+
+    first = run(ThreadChooser.EXPLORE_EVERY)
+    assert sorted(first[:6]) == [1, 1, 1, 2, 2, 2] and set(first[6:]) == {2}
+    step_time = {2: 0.020, 1: 0.009}  # another process took a core: 1 thread faster
+    second = run(ThreadChooser.EXPLORE_EVERY)
+    assert set(second[6:]) == {1} and chooser.best == 1
+    assert ThreadChooser(1).candidates == [1] and ThreadChooser(8).candidates == [8, 4, 1]
+
+
+def test_default_model_threads_are_chosen_but_an_explicit_count_is_kept(tiny_llama_awq):
+    auto = awqinfer.load(tiny_llama_awq).model
+    fixed = awqinfer.load(tiny_llama_awq, threads=1).model
+    assert auto.thread_chooser is not None and auto.thread_chooser.candidates[0] == auto.threads
+    assert fixed.thread_chooser is None
+    cache = auto.new_cache(16)
+    auto.forward([1, 2, 3], cache)
+    for t in range(8):
+        auto.forward([t], cache)
+    assert auto.thread_chooser.best in auto.thread_chooser.candidates

@@ -178,7 +178,8 @@ class LayerQuantizer:
         for i in range(n):
             k_cache = np.zeros((c.num_key_value_heads, t, c.head_dim), np.float32)
             v_cache = np.zeros_like(k_cache)
-            decoder_layer(CPU, c, layer, x[i], k_cache, v_cache, 0, self.cos, self.sin, observe if record else None)
+            segments = [(k_cache, v_cache, 0, slice(None))]
+            decoder_layer(CPU, c, layer, x[i], segments, self.cos, self.sin, observe if record else None)
         mean = lambda a: (a / (n * t)).astype(np.float32)
         if record == "means":
             return {name: mean(total) for name, (_, _, total) in sums.items()}
