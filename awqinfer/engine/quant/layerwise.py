@@ -19,7 +19,6 @@ layer's weights; the groups' inputs themselves are only summed, never stored.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,6 @@ import numpy as np
 from ..checkpoint.config import ModelConfig
 from ..model.backend import CPU
 from ..model.forward import decoder_layer
-from ..model.linear import DenseLinear
 from ..model.rope import cos_sin
 from ..model.weights import LayerWeights
 from .awq_search import Group, apply_clip, fold_scales, scaling_groups, search_clip, search_scales
@@ -44,7 +42,6 @@ class Method:
     gptq: bool  # GPTQ's error feedback instead of rounding to nearest
     act_order: bool = False  # GPTQ rounds the largest inputs' columns first (static groups)
     refit: bool = False  # after rounding, refit each group's scale to the output error (gptq.refit_scales)
-    bias: bool = False  # Llama only: biases on o_proj and down_proj cancel the rounded layer's mean output error
     propagate: str = "float"  # the next layer's inputs: 'float' or 'quantized' outputs of this one
 
     @property
@@ -59,8 +56,6 @@ METHODS = {
     "rtn": Method(scales=False, clip=False, gptq=False),
 }
 
-BIASED = ("o_proj", "down_proj")  # the linears whose bias corrects a layer's mean error (Method.bias)
-BIAS_SAMPLES = 16  # calibration windows the bias correction runs the rounded layer over
 Quantized = tuple  # (codes (N, K) u8, zeros (N, G) u8, scales (N, G) f16) of one fused linear
 
 
@@ -77,47 +72,18 @@ class LayerQuantizer:
 
         Returns each group's rounded fused linear by LayerWeights field; advances to the next layer's inputs.
         """
-        m = self.method
-        start = self.x.copy() if m.propagate == "quantized" or self.biases else None
+        start = self.x.copy() if self.method.propagate == "quantized" else None
         stats = self._run(layer, self.x)
-        # the float layer's mean block outputs, o_proj's and down_proj's (before any folding)
-        float_means = {name: stats[name][2] @ getattr(layer, name).weight.T for name in BIASED}
         groups = scaling_groups(self.config, layer)
-        grams = {group.name: self._scale(group, *stats.pop(group.name)[:2]) for group in groups}
+        grams = {group.name: self._scale(group, *stats.pop(group.name)) for group in groups}
         # every scale is folded before any rounding: o_proj's and down_proj's scales land in v's and up's rows
         out = {group.name: self._round(group, grams.pop(group.name)) for group in groups}
-        if self.biases:
-            self._correct_biases(layer, out, float_means, start[:BIAS_SAMPLES].copy())
-        if m.propagate == "quantized":  # the rounded layer's outputs feed the next one
+        if start is not None:  # the rounded layer's outputs feed the next one
             for group in groups:
                 group.linear.weight[...] = dequantize(*out[group.name])
             self.x = start
-            self._run(layer, self.x, record=None)
+            self._run(layer, self.x, record=False)
         return out
-
-    @property
-    def biases(self) -> bool:
-        """Whether this pass adds biases: the method asks, and the architecture has them (Llama's attention_bias
-        and mlp_bias; Qwen2's o_proj and MLP have none)."""
-        return self.method.bias and self.config.architecture == "LlamaForCausalLM"
-
-    def _correct_biases(self, layer: LayerWeights, rounded: dict, float_means: dict, x: np.ndarray) -> None:
-        """Give o_proj, then down_proj, the bias that cancels the rounded layer's mean error on ``x``.
-
-        The rounded layer runs twice over the calibration inputs ``x`` (samples, T, H): once for
-        o_proj's error, then again, with that bias, for down_proj's (whose input it shifts). q, k, v,
-        gate and up get zero biases, as attention_bias and mlp_bias give every one of them a bias.
-        """
-        for name in ("qkv", "gate_up"):
-            getattr(layer, name).bias = np.zeros(getattr(layer, name).out_features, np.float32)
-        rounded_layer = dataclasses.replace(layer, **{
-            name: DenseLinear(dequantize(*rounded[name]), getattr(layer, name).bias) for name in rounded})
-        for name in BIASED:
-            linear = getattr(rounded_layer, name)
-            linear.bias = np.zeros(linear.out_features, np.float32)
-            means = self._run(rounded_layer, x.copy(), record="means")
-            linear.bias = (float_means[name] - means[name] @ linear.weight.T).astype(np.float32)
-            getattr(layer, name).bias = linear.bias
 
     def _scale(self, group: Group, gram: np.ndarray, x_mean: np.ndarray) -> np.ndarray:
         """Search and fold the group's AWQ scales (when the method has them); the Gram matrix of its scaled inputs.
@@ -154,33 +120,26 @@ class LayerQuantizer:
         codes, zeros, scales = rounded
         return codes, zeros, refit_scales(weight, gram, codes, zeros, scales)
 
-    def _run(self, layer: LayerWeights, x: np.ndarray, record: str | None = "stats") -> dict:
+    def _run(self, layer: LayerWeights, x: np.ndarray, record: bool = True) -> dict[str, tuple]:
         """Run the layer over every sample of ``x`` in place; each group's input statistics.
 
-        record 'stats': {group: (X^T X (K, K), mean |X| (K,), mean X (K,))} over all samples' tokens,
-        accumulated sample by sample, so no group's inputs (tokens x K) are ever held whole;
-        'means': {group: mean X (K,)}; None: nothing (the run only advances ``x``).
+        Returns {group: (X^T X (K, K), mean |X| (K,))} over all samples' tokens, accumulated
+        sample by sample, so no group's inputs (tokens x K) are ever held whole.
         """
         c = self.config
         n, t, _ = x.shape
-        sums = {}
+        stats = {}
 
         def observe(name, value):
-            k = value.shape[1]
-            if name not in sums:
-                sums[name] = [np.zeros((k, k), np.float32) if record == "stats" else None, np.zeros(k), np.zeros(k)]
-            gram, abs_sum, total = sums[name]
-            if gram is not None:
-                gram += value.T @ value
-                abs_sum += np.abs(value).sum(axis=0)
-            total += value.sum(axis=0)
+            if name not in stats:
+                stats[name] = (np.zeros((value.shape[1], value.shape[1]), np.float32), np.zeros(value.shape[1]))
+            gram, abs_sum = stats[name]
+            gram += value.T @ value
+            abs_sum += np.abs(value).sum(axis=0)
 
         for i in range(n):
             k_cache = np.zeros((c.num_key_value_heads, t, c.head_dim), np.float32)
             v_cache = np.zeros_like(k_cache)
             segments = [(k_cache, v_cache, 0, slice(None))]
             decoder_layer(CPU, c, layer, x[i], segments, self.cos, self.sin, observe if record else None)
-        mean = lambda a: (a / (n * t)).astype(np.float32)
-        if record == "means":
-            return {name: mean(total) for name, (_, _, total) in sums.items()}
-        return {name: (gram, mean(abs_sum), mean(total)) for name, (gram, abs_sum, total) in sums.items()}
+        return {name: (gram, (abs_sum / (n * t)).astype(np.float32)) for name, (gram, abs_sum) in stats.items()}

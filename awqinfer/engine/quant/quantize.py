@@ -96,7 +96,7 @@ def quantize(src: str | Path, out: str | Path, *, method: str = DEFAULT_METHOD, 
             writer.add(name, _fp16(name, ckpt.to_float32(name)))
             ckpt.release(name)
     writer.close()
-    _write_config(config, group_size, out, biases=calibrated is not None and calibrated.biases)
+    _write_config(config, group_size, out)
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
@@ -170,14 +170,9 @@ def _fp16(name: str, t: np.ndarray) -> np.ndarray:
     return half
 
 
-def _write_config(config: ModelConfig, group_size: int, out: Path, biases: bool = False) -> None:
-    """The source config.json plus AutoAWQ's quantization_config, with fp16 as the stored dtype.
-
-    ``biases``: the quantizer gave the layers biases (layerwise.Method.bias): Llama's flags that declare them.
-    """
+def _write_config(config: ModelConfig, group_size: int, out: Path) -> None:
+    """The source config.json plus AutoAWQ's quantization_config, with fp16 as the stored dtype."""
     d = dict(config.raw)
-    if biases:
-        d["attention_bias"] = d["mlp_bias"] = True
     d["quantization_config"] = QuantConfig(group_size=group_size).to_dict()
     d["torch_dtype"] = "float16"
     if "dtype" in d:  # transformers 5 writes this name
