@@ -45,31 +45,43 @@ WINDOW, STRIDE = 512, 256
 
 
 def build(fp32: Path, out: Path, method: str, group_size: int, samples: int, seq_len: int) -> dict:
-    """Quantize ``fp32`` into ``out`` (kept if already there); its time and per-layer figures."""
-    from awqinfer.engine.quant.quantize import quantize
-
+    """Quantize ``fp32`` into ``out`` (kept if already there) in a fresh process, so that its peak memory is
+    the quantizer's alone; its time and per-layer figures, and the load average when it ended."""
     record = out.parent / f"{out.name}.json"
-    if out.is_dir() and record.is_file():
-        return json.loads(record.read_text())
+    if not (out.is_dir() and record.is_file()):
+        subprocess.run([sys.executable, "-m", "benchmarks.quant_quality", "--build", str(fp32), str(out), method,
+                        str(group_size), str(samples), str(seq_len)], check=True)
+    return json.loads(record.read_text())
+
+
+def build_here(fp32: Path, out: Path, method: str, group_size: int, samples: int, seq_len: int) -> None:
+    """``build``'s child process: quantize and write OUT.json beside OUT."""
+    from awqinfer.engine.quant.quantize import peak_rss, quantize
+
     layers = []
     started = time.perf_counter()
     quantize(fp32, out, method=method, group_size=group_size, samples=samples, seq_len=seq_len, progress=False,
              on_layer=lambda l, s, peak: layers.append({"layer": l, "seconds": round(s, 2), "peak_bytes": peak}))
-    info = {"seconds": round(time.perf_counter() - started, 1), "layers": layers, "samples": samples,
+    info = {"method": method, "seconds": round(time.perf_counter() - started, 1), "peak_bytes": peak_rss(),
+            "load_average": [round(v, 2) for v in os.getloadavg()], "layers": layers, "samples": samples,
             "seq_len": seq_len, "group_size": group_size}
-    record.write_text(json.dumps(info))
-    return info
+    (out.parent / f"{out.name}.json").write_text(json.dumps(info))
 
 
 def score(directory: Path, texts: dict[str, Path], max_tokens: int | None) -> dict[str, float]:
-    """Perplexity of the checkpoint in ``directory`` on each text, by awqinfer's evaluator."""
+    """Perplexity of the checkpoint in ``directory`` on each text, by awqinfer's evaluator (kept beside it)."""
     from awqinfer.engine.model import Model
     from awqinfer.engine.quant.perplexity import text_perplexity
     from awqinfer.engine.text.tokenizer import Tokenizer
 
+    record = directory.parent / f"{directory.name}.ppl-{max_tokens or 'all'}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
     model, tokenizer = Model.load(directory), Tokenizer(directory)
-    return {kind: round(text_perplexity(model, tokenizer, path.read_text(encoding="utf-8"), max_tokens,
-                                        WINDOW, STRIDE).perplexity, 4) for kind, path in texts.items()}
+    scores = {kind: round(text_perplexity(model, tokenizer, path.read_text(encoding="utf-8"), max_tokens,
+                                          WINDOW, STRIDE).perplexity, 4) for kind, path in texts.items()}
+    record.write_text(json.dumps(scores))
+    return scores
 
 
 def awq_bits(directory: Path) -> float:
@@ -206,26 +218,35 @@ def table(results: dict) -> str:
     """The markdown table of perplexities (awqinfer's evaluator) against fp32."""
     fp = results["models"]["fp32"]["perplexity"]
     kinds = list(fp)
-    head = "| weights | bits/weight | " + " | ".join(f"{k} ppl (x fp32)" for k in kinds) + " |"
-    lines = [head, "| --- | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
+    head = "| weights | bits/weight | " + " | ".join(f"{k} ppl (x fp32)" for k in kinds) + " | quantize | peak memory |"
+    lines = [head, "| --- | ---: | " + " | ".join("---:" for _ in kinds) + " | ---: | ---: |"]
     for name, row in results["models"].items():
         cells = [f"{row['perplexity'][k]:.2f} ({row['perplexity'][k] / fp[k]:.3f})" for k in kinds]
         bits = f"{row['bits']:.2f}" if row.get("bits") else "32"
-        lines.append(f"| {name} | {bits} | " + " | ".join(cells) + " |")
+        b = row.get("build")
+        cost = [f"{b['seconds']:.0f} s", f"{b['peak_bytes'] / 1e9:.2f} GB"] if b else ["", ""]
+        lines.append(f"| {name} | {bits} | " + " | ".join(cells + cost) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "awqinfer-quant-quality")
-    p.add_argument("--methods", default="rtn,awq,awq-gptq", help="awqinfer methods, comma-separated")
+    p.add_argument("--methods", default="rtn,awq,awq-gptq",
+                   help="awqinfer methods, comma-separated, each optionally METHOD@SAMPLESxSEQ_LEN (e.g. awq@16x256)")
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of each text")
     p.add_argument("--llama-cpp", type=Path, default=None, help="folder holding llama-quantize and llama-perplexity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seven-b-layer", action="store_true", help="only time one Llama-2-7B-shaped layer")
     p.add_argument("--samples", type=int, default=None, help="calibration windows (default: the default model's)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per calibration window")
+    p.add_argument("--build", nargs=6, metavar=("FP32", "OUT", "METHOD", "GROUP", "SAMPLES", "SEQ_LEN"),
+                   help=argparse.SUPPRESS)  # build()'s child process
     args = p.parse_args(argv)
+    if args.build:
+        fp32, out, method, *numbers = args.build
+        build_here(Path(fp32), Path(out), method, *map(int, numbers))
+        return 0
 
     from awqinfer.engine import hub
     from awqinfer.engine.quant.quantize import DEFAULT_METHOD
@@ -247,18 +268,23 @@ def main(argv=None) -> int:
     results = {"texts": {k: str(v) for k, v in texts.items()}, "sources": heldout.versions(),
                "evaluation": f"strided windows of {WINDOW} tokens every {STRIDE}", "max_tokens": args.max_tokens,
                "models": {"fp32": {"perplexity": score(fp32, texts, args.max_tokens)}}}
-    for method in args.methods.split(","):
-        out = work / f"{method}-g{hub.DEFAULT_GROUP_SIZE}"
-        info = build(fp32, out, method, hub.DEFAULT_GROUP_SIZE, samples, seq_len)
-        results["models"][f"awqinfer {method}"] = {"perplexity": score(out, texts, args.max_tokens),
-                                                   "bits": round(awq_bits(out), 3), "build": info}
-        print(f"{method}: {info['seconds']} s", file=sys.stderr)
+    for spec in args.methods.split(","):
+        method, _, shape = spec.partition("@")
+        s, l = map(int, shape.split("x")) if shape else (samples, seq_len)
+        out = work / f"{method}-s{s}x{l}-g{hub.DEFAULT_GROUP_SIZE}"
+        info = build(fp32, out, method, hub.DEFAULT_GROUP_SIZE, s, l)
+        results["models"][f"awqinfer {method} ({s} x {l} tokens)"] = {
+            "perplexity": score(out, texts, args.max_tokens), "bits": round(awq_bits(out), 3), "build": info}
+        (work / "quant_results.json").write_text(json.dumps(results, indent=1))  # so far
+        print(f"{spec}: {info['seconds']} s, peak {info['peak_bytes'] / 1e9:.2f} GB, load {info['load_average']}",
+              file=sys.stderr)
     if args.llama_cpp is not None:
         rows = llama_cpp_rows(args.llama_cpp, work, gguf_path, texts, args.max_tokens, args.threads)
         results["llama_cpp"] = rows
         for kind, row in rows.items():
             if kind != "F32":
                 results["models"][f"llama.cpp {kind}"] = {"perplexity": row["awqinfer_eval"], "bits": row["bits"]}
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     (work / "quant_results.json").write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
