@@ -10,5 +10,6 @@
     logits -> the next id                   text/sampling.py
     prompt -> a stream of ids               text/generate.py
     all of it behind one object             llm.py (LLM, load, run)
-    building checkpoints (offline)          quant/ (rounding, calibration, awq_search, quantize)
+    building checkpoints (offline)          quant/ (calibration, awq_search, gptq, rounding, layerwise, quantize;
+                                            perplexity.py: how good the result is)
 """
