@@ -88,7 +88,8 @@ def quantize(src: str | Path, out: str | Path, *, method: str = DEFAULT_METHOD, 
             writer.add(name, t if name.endswith(AWQ_SUFFIXES) else _fp16(name, t))
         seconds, peak = time.perf_counter() - started, peak_rss()
         if progress:
-            bar.write(f"layer {l}: {seconds:.1f} s, peak memory {peak / 1e9:.2f} GB")
+            # stderr, as the bar: stdout may be a reply (run/chat importing a GGUF file on first use)
+            bar.write(f"layer {l}: {seconds:.1f} s, peak memory {peak / 1e9:.2f} GB", file=sys.stderr)
         if on_layer is not None:
             on_layer(l, seconds, peak)
     for name in ckpt.tensors:  # embeddings, final norm, lm_head: kept in fp16, as AutoAWQ stores them
