@@ -115,8 +115,11 @@ def test_fast_decode_keeps_the_reference_greedy_tokens(models):
     model.forward(ids[:-1], cache_f)
     model.forward(ids[:-1], cache_r)
     fast, ref = model.forward(ids[-1:], cache_f)[0], model.forward(ids[-1:], cache_r, fast=False)[0]
-    top = np.argsort(ref)[-32:]
-    np.testing.assert_allclose(fast[top], ref[top], atol=2e-3 * np.abs(ref).max())  # the rescored top: near exact
+    # the rescored top: near exact. The step rescores the int8 screen's top 32 (kernels/decode.py's RESCORE),
+    # which near the 32nd place may differ from the reference's top 32 (a logit there keeps its int8 value),
+    # so the check takes the reference's top 16, inside the rescored set.
+    top = np.argsort(ref)[-16:]
+    np.testing.assert_allclose(fast[top], ref[top], atol=2e-3 * np.abs(ref).max())
     assert np.sqrt(np.mean((fast - ref) ** 2) / np.mean(ref ** 2)) < 0.03  # the int8 screen elsewhere
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..engine import hub
 from ..engine.checkpoint.gguf import convert_gguf
+from ..engine.quant.quantize import METHODS
 from .common import EXIT_USAGE, fail, ranged
 
 
@@ -18,12 +19,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("gguf", metavar="GGUF", help="the .gguf file")
     p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
     p.add_argument("--awq", action="store_true", help="write an AWQ 4-bit checkpoint instead of float32")
-    p.add_argument("--method", choices=("awq", "rtn"), default=hub.DEFAULT_METHOD,
+    p.add_argument("--method", choices=list(METHODS), default=hub.DEFAULT_METHOD,
                    help=f"the quantizer with --awq (default {hub.DEFAULT_METHOD})")
     p.add_argument("--group-size", type=ranged(int, 8, None), default=hub.DEFAULT_GROUP_SIZE,
                    help=f"AWQ group size (default {hub.DEFAULT_GROUP_SIZE})")
     p.add_argument("--samples", type=ranged(int, 1, None), default=hub.DEFAULT_SAMPLES,
-                   help=f"AWQ calibration windows (default {hub.DEFAULT_SAMPLES}, as the default model)")
+                   help=f"calibration windows (default {hub.DEFAULT_SAMPLES}, as the default model)")
     p.add_argument("--seq-len", type=ranged(int, 1, None), default=hub.DEFAULT_SEQ_LEN,
                    help=f"tokens per calibration window (default {hub.DEFAULT_SEQ_LEN})")
 

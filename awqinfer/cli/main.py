@@ -7,9 +7,11 @@ import sys
 import awqinfer
 
 from . import chat, convert, models, quantize, run, trace
+from . import eval as evaluate
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, compile_notice, fail
 
-COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize, "trace": trace}
+COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize,  # name -> module
+            "eval": evaluate, "trace": trace}
 
 
 def build_parser() -> Parser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..engine.quant.quantize import METHODS, quantize
+from ..engine.quant.quantize import DEFAULT_METHOD, METHODS, quantize
 from .common import EXIT_USAGE, fail, ranged
 
 
@@ -14,10 +14,14 @@ def add_parser(subparsers) -> None:
         "quantize", help="quantize a float checkpoint to AWQ 4-bit",
         description="Quantize a float16/bfloat16/float32 Llama or Qwen2 Hugging Face checkpoint to AWQ 4-bit "
                     "(AutoAWQ's 'gemm' layout, loadable by awqinfer, transformers, vLLM and AutoAWQ). "
-                    "--method awq calibrates on text (built in: Python's standard library); rtn rounds plainly.")
+                    "The calibrated methods run text through the model layer by layer (built in: prose, code and "
+                    "chat made from Python's standard library); rtn rounds plainly. Each layer's time and the "
+                    "peak memory so far are printed as it is done.")
     p.add_argument("src", metavar="SRC", help="the float checkpoint directory (config.json + safetensors)")
     p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
-    p.add_argument("--method", choices=METHODS, default="awq", help="awq (activation-aware, default) or rtn")
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                   help=f"awq-gptq: AWQ's scales and clipping, then GPTQ's error feedback; awq: AWQ rounded to "
+                        f"nearest (AutoAWQ's method); gptq: GPTQ alone; rtn: plain rounding (default {DEFAULT_METHOD})")
     p.add_argument("--group-size", type=ranged(int, 8, None), default=128,
                    help="inputs sharing one scale and zero (default 128)")
     p.add_argument("--calib", metavar="FILE", default=None,

@@ -13,5 +13,6 @@
     prompt -> a stream of ids               text/generate.py
     all of it behind one object             llm.py (LLM, load, run)
     one generation, shown step by step      trace.py (the readable path, observed: awqinfer trace)
-    building checkpoints (offline)          quant/ (rounding, calibration, awq_search, quantize)
+    building checkpoints (offline)          quant/ (calibration, awq_search, gptq, rounding, layerwise, quantize;
+                                            perplexity.py: how good the result is)
 """

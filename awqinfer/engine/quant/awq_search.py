@@ -42,10 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint.config import ModelConfig
-from ..model.backend import CPU
-from ..model.forward import LINEAR_INPUTS, decoder_layer
 from ..model.linear import DenseLinear
-from ..model.rope import cos_sin
 from ..model.weights import LayerWeights
 from .rounding import fake_quantize
 
@@ -140,50 +137,3 @@ def apply_clip(weight: np.ndarray, bound: np.ndarray, group_size: int) -> None:
     n, k = weight.shape
     w = weight.reshape(n, k // group_size, group_size)  # a view: weight is contiguous per row
     np.clip(w, -bound[..., None], bound[..., None], out=w)
-
-
-class AwqCalibration:
-    """The calibration activations entering the next layer, and the AWQ step applied to each layer in turn.
-
-    Memory: the residual stream (samples, T, H) plus one layer's four group inputs
-    (samples * T, H | q_size | H | I) and its weights, all f32; about 10 GB for a 7B model
-    at 128 x 512 tokens. Time: the grid costs about 20 * N * K^2 flops per group
-    (dw @ X^T X), whatever the number of tokens.
-    """
-
-    def __init__(self, config: ModelConfig, x: np.ndarray, group_size: int):
-        self.config, self.group_size = config, group_size
-        self.x = x  # (samples, T, H) f32: the residual stream entering the next layer
-        self.cos, self.sin = cos_sin(config.rope, config.head_dim, config.max_position_embeddings, 0, x.shape[1])
-
-    def layer(self, layer: LayerWeights) -> None:
-        """Search and fold the scales and clipping of ``layer`` (in place); advance to the next layer's inputs."""
-        inputs = self._run(layer)
-        for group in scaling_groups(self.config, layer):
-            x = inputs.pop(group.name)
-            gram = x.T @ x  # (K, K)
-            if group.prev:
-                s = search_scales(np.abs(x).mean(axis=0), gram, group.linear.weight, self.group_size)
-                fold_scales(group, s)
-                gram /= np.outer(s, s)  # the Gram matrix of the scaled inputs x / s
-            rows = group.linear.weight[group.clip]
-            apply_clip(rows, search_clip(gram, rows, self.group_size), self.group_size)
-
-    def _run(self, layer: LayerWeights) -> dict[str, np.ndarray]:
-        """Run the float layer over every sample, recording each group's input (samples*T, K)."""
-        c = self.config
-        n, t, _ = self.x.shape
-        inputs = {}
-
-        for i in range(n):
-            def observe(name, value, i=i):
-                if name not in LINEAR_INPUTS:
-                    return
-                if name not in inputs:
-                    inputs[name] = np.empty((n * t, value.shape[1]), np.float32)
-                inputs[name][i * t:(i + 1) * t] = value
-
-            k_cache = np.zeros((c.num_key_value_heads, t, c.head_dim), np.float32)
-            v_cache = np.zeros_like(k_cache)
-            decoder_layer(CPU, c, layer, self.x[i], [(k_cache, v_cache, 0, slice(None))], self.cos, self.sin, observe)
-        return inputs

@@ -1,17 +1,20 @@
-"""Calibration text for AWQ, and the token windows cut from it.
+"""Calibration text for the quantizer, and the token windows cut from it.
 
-The default set needs no download: it is built from what every Python
-installation carries, the standard library of the running interpreter
-(``sysconfig.get_paths()["stdlib"]``, CPython's ``Lib/``, PSF license). It
-interleaves three kinds of text so that the activations seen are varied:
+The default set needs no download: it is built from what every Python installation
+carries, the standard library of the running interpreter (``sysconfig.get_paths()["stdlib"]``,
+CPython's ``Lib/``, PSF License). The default models are chat and code models, so it
+holds three kinds of text, and the windows are drawn from each in turn:
 
-- the license texts (``LICENSE.txt``: the history of Python and its licenses, English legal prose);
-- docstrings (English prose about programming) of every top-level stdlib module, in name order;
-- source code (Python) of the same modules.
+    prose   the Python language reference as ``help()`` shows it (``pydoc_data/topics.py``),
+            the licence text (``LICENSE.txt``), and the docstrings of the top-level modules
+    code    the source code of the same modules, in name order
+    chat    conversations rendered with the model's own chat template (its special tokens
+            included): a user asks about a language topic or a module, the assistant answers
+            with the topic's text, the module's docstrings, or a fenced excerpt of its code
 
-Each module gives at most DOC_CHARS of docstrings and CODE_CHARS of code; the
-text stops at TARGET_CHARS (a few hundred KB, ~100k tokens: enough for AutoAWQ's
-default 128 samples x 512 tokens). It differs slightly between Python versions.
+Each kind stops at KIND_CHARS (about 50k tokens: enough for 128 windows of 512 tokens
+over the three). The text differs slightly between Python versions. A user's own
+calibration file (``--calib``) is used as one stream instead.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import numpy as np
 
 from ...errors import InputError
 
-TARGET_CHARS = 450_000
-DOC_CHARS = 2_000  # per module
-CODE_CHARS = 2_000  # per module
+KIND_CHARS = 200_000  # per kind of text
+DOC_CHARS = 2_000  # docstring characters per module
+CODE_CHARS = 2_000  # code characters per module
+KINDS = ("prose", "code", "chat")
 
 
-def default_text() -> str:
-    """The built-in calibration text (see the module doc): license, docstrings and code of the stdlib."""
+def stdlib_modules() -> list[tuple[str, str, str]]:
+    """(name, docstrings, code) of every top-level module of the standard library, in name order."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts = []
-    license_path = stdlib / "LICENSE.txt"
-    if license_path.is_file():
-        parts.append(license_path.read_text(encoding="utf-8", errors="replace"))
+    found = []
     for path in sorted(stdlib.glob("*.py")):
         try:
             source = path.read_text(encoding="utf-8")
@@ -45,19 +46,75 @@ def default_text() -> str:
         docs = [ast.get_docstring(node) for node in ast.walk(tree)
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
         prose = "\n\n".join(d for d in docs if d and len(d) > 40)[:DOC_CHARS]
-        if prose:
-            parts.append(prose)
         body = source[source.find("\nimport "):] if "\nimport " in source else source
-        parts.append(body[:CODE_CHARS])
-        if sum(map(len, parts)) >= TARGET_CHARS:
+        found.append((path.stem, prose, body[:CODE_CHARS].strip()))
+    return found
+
+
+def reference_topics() -> list[tuple[str, str]]:
+    """(title, text) of the language reference topics ``help()`` shows; [] where pydoc_data is absent."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return []
+    return [(name, topics[name].strip()) for name in sorted(topics)]
+
+
+def prose_text() -> str:
+    """The language reference, the licence and the modules' docstrings, interleaved (see the module doc)."""
+    license_path = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
+    parts = [license_path.read_text(encoding="utf-8", errors="replace")] if license_path.is_file() else []
+    topics, modules = reference_topics(), [doc for _, doc, _ in stdlib_modules() if doc]
+    for i in range(max(len(topics), len(modules))):
+        parts += [topics[i][1]] if i < len(topics) else []
+        parts += modules[i * 3:(i + 1) * 3]
+    return "\n\n".join(parts)[:KIND_CHARS]
+
+
+def code_text() -> str:
+    """Python source of the standard library's modules (see the module doc)."""
+    return "\n\n".join(code for _, _, code in stdlib_modules() if code)[:KIND_CHARS]
+
+
+def conversations() -> list[list[dict]]:
+    """Chats about the language and its modules, as lists of {role, content} messages (see the module doc)."""
+    chats = []
+    topics, modules = reference_topics(), stdlib_modules()
+    for i, (name, doc, code) in enumerate(modules):
+        chat = []
+        if i < len(topics):
+            title, text = topics[i]
+            chat += [{"role": "user", "content": f"Can you explain {title.replace('-', ' ')} in Python?"},
+                     {"role": "assistant", "content": text[:DOC_CHARS]}]
+        if doc:
+            chat += [{"role": "user", "content": f"What is the {name} module for?"},
+                     {"role": "assistant", "content": doc}]
+        if code:
+            chat += [{"role": "user", "content": f"Show me some of the code of {name}."},
+                     {"role": "assistant", "content": f"Here is how `{name}` begins:\n\n```python\n{code}\n```"}]
+        if chat:
+            chats.append(chat)
+    return chats
+
+
+def chat_text(tokenizer) -> str:
+    """The conversations, each rendered with ``tokenizer``'s chat template."""
+    parts, size = [], 0
+    for chat in conversations():
+        parts.append(tokenizer.apply_chat_template(chat, add_generation_prompt=False))
+        size += len(parts[-1])
+        if size >= KIND_CHARS:
             break
-    return "\n\n".join(parts)[:TARGET_CHARS]
+    return "".join(parts)[:KIND_CHARS]
 
 
-def read_text(path: str | Path | None) -> str:
-    """The calibration text: the UTF-8 file at ``path``, or ``default_text()`` when None."""
-    if path is None:
-        return default_text()
+def default_texts(tokenizer) -> dict[str, str]:
+    """The built-in calibration text by kind: prose, code, chat."""
+    return {"prose": prose_text(), "code": code_text(), "chat": chat_text(tokenizer)}
+
+
+def read_text(path: str | Path) -> str:
+    """A user's calibration text: the UTF-8 file at ``path``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist")
@@ -77,3 +134,18 @@ def windows(ids: list[int], samples: int, seq_len: int, source: str = "calibrati
     stride = len(ids) // samples
     arr = np.asarray(ids, dtype=np.int64)
     return np.stack([arr[i * stride:i * stride + seq_len] for i in range(samples)])
+
+
+def calibration_windows(tokenizer, path: str | Path | None, samples: int, seq_len: int) -> np.ndarray:
+    """The calibration token windows (samples, seq_len): from the file at ``path``, or the built-in set.
+
+    The built-in set gives the kinds (prose, code, chat) turns: window i comes from kind i % 3.
+    """
+    if path is not None:
+        return windows(tokenizer.encode(read_text(path), add_special_tokens=False), samples, seq_len, str(path))
+    texts = default_texts(tokenizer)
+    per_kind = {kind: windows(tokenizer.encode(texts[kind], add_special_tokens=False),
+                              len(range(i, samples, len(KINDS))), seq_len, f"the built-in {kind} calibration text")
+                for i, kind in enumerate(KINDS) if i < samples}
+    order = [per_kind[KINDS[i % len(KINDS)]][i // len(KINDS)] for i in range(samples)]
+    return np.stack(order)

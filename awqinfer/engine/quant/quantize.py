@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,55 +33,65 @@ from ..checkpoint.safetensors import Checkpoint, ShardWriter
 from ..model.linear import Embedding
 from ..model.weights import IGNORED_SUFFIXES, LAYER_NORMS, LayerWeights, load_layer, projections
 from ..text.tokenizer import Tokenizer
-from .awq_search import AwqCalibration
-from .calibration import read_text, windows
-from .rounding import awq_tensors
+from .calibration import calibration_windows
+from .layerwise import METHODS, LayerQuantizer
+from .rounding import awq_tensors, rtn_quantize
 
-METHODS = ("awq", "rtn")
+AWQ_SUFFIXES = (".qweight", ".qzeros", ".scales")
+DEFAULT_METHOD = "awq-gptq"  # the best measured (benchmarks/RESULTS.md, the quantizer's section)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
-def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_size: int = 128,
+def quantize(src: str | Path, out: str | Path, *, method: str = DEFAULT_METHOD, group_size: int = 128,
              calib: str | Path | None = None, samples: int = 128, seq_len: int = 512,
-             progress: bool = True) -> Path:
+             progress: bool = True, on_layer=None) -> Path:
     """Quantize the float Llama/Qwen2 checkpoint ``src`` to an AWQ 4-bit checkpoint in ``out``; returns ``out``.
 
-    method: 'awq' (activation-aware scales and clipping, calibrated on ``samples`` windows of
-    ``seq_len`` tokens of ``calib``, a UTF-8 text file, or the built-in set) or 'rtn' (plain
-    round-to-nearest; no calibration).
+    method: one of METHODS (layerwise.py): 'awq-gptq' (AWQ's scales and clipping, then GPTQ's
+    error feedback), 'awq' (AWQ's scales and clipping, rounded to nearest), 'gptq', or 'rtn'
+    (plain round-to-nearest; no calibration). The calibrated ones run ``samples`` windows of
+    ``seq_len`` tokens of ``calib`` (a UTF-8 text file) or of the built-in set (calibration.py).
+    With ``progress``, a bar and each layer's time and the peak memory so far go to stderr;
+    ``on_layer(layer, seconds, peak_bytes)``, if given, is called after each layer with the same.
     """
     src, out = Path(src), Path(out)
     config = ModelConfig.load(src)
     _check(config, src, out, method, group_size, samples, seq_len)
     ckpt = Checkpoint(src)
-    calibrate = None
-    if method == "awq":
-        ids = windows(Tokenizer(src).encode(read_text(calib), add_special_tokens=False), samples, seq_len,
-                      str(calib or "the default calibration text"))
+    steps = METHODS[method]
+    calibrated = None
+    if steps.calibrated:
+        ids = calibration_windows(Tokenizer(src), calib, samples, seq_len)
         name = "model.embed_tokens.weight"
         embed = Embedding(ckpt.get(name), bf16=ckpt.info(name).dtype == "BF16")
-        calibrate = AwqCalibration(config, embed(ids), group_size)  # (samples, seq_len, H)
+        calibrated = LayerQuantizer(config, embed(ids), group_size, steps)  # (samples, seq_len, H)
 
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out)
     layer_prefixes = [f"model.layers.{l}." for l in range(config.num_hidden_layers)]
-    for l in tqdm(range(config.num_hidden_layers), desc=f"quantize ({method})", unit="layer", disable=not progress):
+    bar = tqdm(range(config.num_hidden_layers), desc=f"quantize ({method})", unit="layer", disable=not progress)
+    for l in bar:
+        started = time.perf_counter()
         layer = load_layer(ckpt, config, l)
-        if calibrate is not None:
-            calibrate.layer(layer)
-        tensors = layer_tensors(config, l, layer)
-        stray = sorted(n for n in ckpt.tensors if n.startswith(layer_prefixes[l]) and n not in tensors
+        if calibrated is not None:
+            rounded = calibrated.layer(layer)
+        else:
+            rounded = {name: rtn_quantize(getattr(layer, name).weight, group_size) for name in projections(config)}
+        tensors = layer_tensors(config, l, layer, rounded)
+        known = {f"{m}.{suffix}" for m in layer_modules(config, l) for suffix in ("weight", "bias")}
+        stray = sorted(n for n in ckpt.tensors if n.startswith(layer_prefixes[l]) and n not in known
                        and not n.endswith(IGNORED_SUFFIXES))
         if stray:
             raise CheckpointError(f"{src}: unknown tensor(s) {', '.join(map(repr, stray[:5]))} in layer {l}")
         for name, t in tensors.items():
-            if t.ndim == 2:  # a linear: 4-bit
-                module = name.removesuffix(".weight")
-                for suffix, packed in awq_tensors(t, group_size).items():
-                    writer.add(f"{module}.{suffix}", packed)
-            else:  # a norm or a bias
-                writer.add(name, _fp16(name, t))
+            writer.add(name, t if name.endswith(AWQ_SUFFIXES) else _fp16(name, t))
+        seconds, peak = time.perf_counter() - started, peak_rss()
+        if progress:
+            # stderr, as the bar: stdout may be a reply (run/chat importing a GGUF file on first use)
+            bar.write(f"layer {l}: {seconds:.1f} s, peak memory {peak / 1e9:.2f} GB", file=sys.stderr)
+        if on_layer is not None:
+            on_layer(l, seconds, peak)
     for name in ckpt.tensors:  # embeddings, final norm, lm_head: kept in fp16, as AutoAWQ stores them
         if not name.startswith("model.layers.") and not name.endswith(IGNORED_SUFFIXES):
             writer.add(name, _fp16(name, ckpt.to_float32(name)))
@@ -92,20 +104,39 @@ def quantize(src: str | Path, out: str | Path, *, method: str = "awq", group_siz
     return out
 
 
-def layer_tensors(config: ModelConfig, l: int, layer: LayerWeights) -> dict[str, np.ndarray]:
-    """The HF-named f32 tensors of a dense decoder layer: the inverse of ``load_layer``.
+def layer_tensors(config: ModelConfig, l: int, layer: LayerWeights, rounded: dict) -> dict[str, np.ndarray]:
+    """The HF-named tensors of a quantized decoder layer, the inverse of ``load_layer``.
 
-    Fused matrices are split back into their parts: ``{module}.weight`` (N, K), ``{module}.bias`` (N,),
-    and the two norms (H,).
+    ``rounded``: each fused linear's (codes, zeros, scales) by LayerWeights field. Fused
+    linears are split back into their modules: ``{module}.qweight`` / ``.qzeros`` / ``.scales``
+    in AutoAWQ's layout, ``{module}.bias`` (N,) f32, and the two norms (H,) f32.
     """
     out = {f"model.layers.{l}.{n}.weight": w for n, w in zip(LAYER_NORMS, (layer.input_norm, layer.post_norm))}
     for name, p in projections(config).items():
         linear = getattr(layer, name)
+        codes, zeros, scales = rounded[name]
         for module, _, rows in p.modules(l):
-            out[f"{module}.weight"] = linear.weight[rows]
+            for suffix, packed in awq_tensors(codes[rows], zeros[rows], scales[rows]).items():
+                out[f"{module}.{suffix}"] = packed
             if linear.bias is not None:
                 out[f"{module}.bias"] = linear.bias[rows]
     return out
+
+
+def layer_modules(config: ModelConfig, l: int) -> list[str]:
+    """The HF module names of decoder layer ``l``: its two norms and its linears."""
+    names = [f"model.layers.{l}.{n}" for n in LAYER_NORMS]
+    return names + [module for p in projections(config).values() for module, _, _ in p.modules(l)]
+
+
+def peak_rss() -> int:
+    """The most memory this process has held so far, in bytes (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def _check(config: ModelConfig, src: Path, out: Path, method: str, group_size: int, samples: int,

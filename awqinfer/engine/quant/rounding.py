@@ -15,6 +15,14 @@ from ..checkpoint.awq_layout import pack_awq
 MAX_INT = 15  # 4-bit codes 0..15
 
 
+def grid(w: np.ndarray):
+    """The grid of each group of ``w`` (N, G, g) f32: zeros (N, G, 1) f32 (integers 0..15) and scales (N, G) f16."""
+    lo, hi = w.min(axis=2, keepdims=True), w.max(axis=2, keepdims=True)
+    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
+    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
+    return zeros, scales[..., 0].astype(np.float16)
+
+
 def _codes(weight: np.ndarray, group_size: int):
     """Float codes (N, G, g), zeros (N, G, 1) f32 and scales (N, G) f16 of ``weight`` (N, K) f32.
 
@@ -23,10 +31,7 @@ def _codes(weight: np.ndarray, group_size: int):
     """
     n, k = weight.shape
     w = weight.reshape(n, k // group_size, group_size)
-    lo, hi = w.min(axis=2, keepdims=True), w.max(axis=2, keepdims=True)
-    scales = np.maximum(hi - lo, 1e-5) / MAX_INT
-    zeros = np.clip(np.round(-lo / scales), 0, MAX_INT)
-    scales16 = scales[..., 0].astype(np.float16)
+    zeros, scales16 = grid(w)
     codes = w / scales16.astype(np.float32)[..., None]
     np.round(codes, out=codes)
     codes += zeros
@@ -52,7 +57,18 @@ def fake_quantize(weight: np.ndarray, group_size: int) -> np.ndarray:
     return codes.reshape(weight.shape)
 
 
-def awq_tensors(weight: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
-    """An nn.Linear weight (N, K) f32 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales`` (checkpoint/awq_layout.py)."""
-    codes, zeros, scales = rtn_quantize(weight, group_size)
+def dequantize(codes: np.ndarray, zeros: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The weights (N, K) f32 that ``rtn_quantize``'s (or GPTQ's) output computes with: (code - zero) * scale."""
+    n, k = codes.shape
+    groups = zeros.shape[1]
+    w = codes.reshape(n, groups, k // groups).astype(np.float32) - zeros[..., None]
+    w *= scales.astype(np.float32)[..., None]
+    return w.reshape(n, k)
+
+
+def awq_tensors(codes: np.ndarray, zeros: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
+    """Codes (N, K) u8, zeros (N, K/g) u8, scales (N, K/g) f16 -> AutoAWQ's ``qweight``, ``qzeros``, ``scales``.
+
+    The packing is checkpoint/awq_layout.py's; the arguments are what ``rtn_quantize`` (or GPTQ) returns.
+    """
     return {"qweight": pack_awq(codes.T), "qzeros": pack_awq(zeros.T), "scales": np.ascontiguousarray(scales.T)}
