@@ -7,6 +7,7 @@ import pytest
 
 import awqinfer
 from awqinfer.engine.text.generate import PREFILL_CHUNK, prefill
+from awqinfer.engine.text.inputs import parse_inputs
 from checkpoints import make_model
 
 
@@ -56,3 +57,22 @@ def test_cancel_during_decode_stops_within_one_step(long_llm):
         if len(got) == 2:
             cancel.set()
     assert got == full[:2] and len(full) > 3  # the same first chunks, then nothing more
+
+
+def test_kv_cache_bytes_count_live_caches_only(long_llm):
+    """Model.kv_cache_bytes (a server's KV metric): a running generation's cache, and nothing once it ends."""
+    model = long_llm.model
+    c = model.config
+    assert model.kv_cache_bytes == 0
+    stream = long_llm.run({"prompt": "Hello", "stream": True, "max_tokens": 40, "temperature": 0})
+    next(stream)
+    prompt_len = len(long_llm.prompt_ids(parse_inputs({"prompt": "Hello"})))
+    per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4  # k and v, f32
+    assert model.kv_cache_bytes == (prompt_len + 40 - 1) * per_position
+    stream.close()  # a client that leaves: the cache goes with the generator
+    assert model.kv_cache_bytes == 0
+    long_llm.run({"prompt": "Hello", "max_tokens": 3})
+    caches = [model.new_cache(7), model.new_cache(9)]
+    assert model.kv_cache_bytes == 16 * per_position
+    del caches
+    assert model.kv_cache_bytes == 0

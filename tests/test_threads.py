@@ -56,3 +56,24 @@ def test_cli_threads_flag(tiny_qwen2):
     too_many = subprocess.run(base + ["--threads", "999", "Hello"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode == 2 and "threads: got 999" in too_many.stderr
     assert "Traceback" not in too_many.stderr
+
+
+def test_every_compiled_kernel_releases_the_gil():
+    """A server runs generations in worker threads: a kernel holding the GIL would stall its event loop."""
+    import importlib
+    import pkgutil
+
+    import awqinfer.kernels
+    from numba.core.registry import CPUDispatcher
+
+    seen, holding = [], []
+    for info in pkgutil.iter_modules(awqinfer.kernels.__path__):
+        module = importlib.import_module(f"awqinfer.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__ \
+                    and obj.targetoptions.get("inline") != "always":  # inlined helpers compile into callers
+                seen.append(name)
+                if not obj.targetoptions.get("nogil"):
+                    holding.append(f"{module.__name__}.{name}")
+    assert len(seen) >= 15, seen
+    assert not holding, f"compiled without nogil=True: {holding}"

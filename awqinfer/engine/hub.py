@@ -59,8 +59,12 @@ DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 16, 256
 CACHE_ENV = "AWQINFER_CACHE"
 
 
-def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool]:
-    """``model`` -> (checkpoint directory on this machine, whether to load it as int8)."""
+def resolve(model: str | Path | None, progress: bool = True, offline: bool | None = None) -> tuple[Path, bool]:
+    """``model`` -> (checkpoint directory on this machine, whether to load it as int8).
+
+    ``offline``: True never downloads (a server resolving a request's model name), False may,
+    None follows HF_HUB_OFFLINE.
+    """
     if model is None or str(model) == DEFAULT_NAME:
         return default_model_dir(progress=progress), False
     if isinstance(model, os.PathLike) or (str(model).strip() and Path(str(model)).expanduser().is_dir()):
@@ -71,9 +75,9 @@ def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool
     name = str(model)
     known = WORKERS_AI_MODELS.get(name)
     if known is not None:
-        return hf_snapshot(known.repo), known.int8
+        return hf_snapshot(known.repo, offline), known.int8
     if _looks_like_repo_id(name):
-        return hf_snapshot(name), False
+        return hf_snapshot(name, offline), False
     raise ModelNotFoundError(
         f"model {name!r}: not a local directory, a Hugging Face repo id (owner/name), or a known name "
         f"({', '.join([DEFAULT_NAME, *WORKERS_AI_MODELS])})"
@@ -93,14 +97,18 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def hf_snapshot(repo: str) -> Path:
-    """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline."""
+def hf_snapshot(repo: str, offline: bool | None = None) -> Path:
+    """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline.
+
+    ``offline`` (default: HF_HUB_OFFLINE) True takes it from the cache only, never from the network.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     fetch = f"hf download {repo} --include " + " ".join(f"'{p}'" for p in HF_FILES)
+    local_only = _offline() if offline is None else offline
     try:
-        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, local_files_only=_offline()))
+        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, local_files_only=local_only))
     except GatedRepoError:
         raise ModelNotFoundError(
             f"model repo {repo!r} is gated: accept its licence on huggingface.co, log in (`hf auth login`), "
@@ -108,7 +116,8 @@ def hf_snapshot(repo: str) -> Path:
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        where = "offline (HF_HUB_OFFLINE is set)" if _offline() else f"cannot reach the Hub ({type(e).__name__})"
+        where = ("offline (HF_HUB_OFFLINE is set)" if _offline() else "not downloading here" if local_only
+                 else f"cannot reach the Hub ({type(e).__name__})")
         raise ModelNotFoundError(
             f"model repo {repo!r} is not in the Hugging Face cache and awqinfer is {where}; "
             f"fetch it on a connected machine with `{fetch}`") from None

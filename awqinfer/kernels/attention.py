@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def store_kv(qkv, k_cache, v_cache, start, n_heads):
     """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
 
@@ -23,7 +23,7 @@ def store_kv(qkv, k_cache, v_cache, start, n_heads):
                 v_cache[h, start + t, i] = qkv[t, v0 + h * dim + i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
 

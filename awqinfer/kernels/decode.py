@@ -114,7 +114,7 @@ class Scratch(NamedTuple):
     l_part: np.ndarray  # (n_heads, C) f32: its softmax denominator
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
     """One query token's attention over cache positions 0..n_pos-1 (it sits at n_pos-1).
 
@@ -179,7 +179,7 @@ def attend_one(q, k_cache, v_cache, n_pos, scores, o_part, m_part, l_part, out):
             oh[i] *= inv
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def rescore_top(h, weight, logits, best):
     """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . weight[n] for those n.
 
@@ -262,7 +262,7 @@ def _head_logits(h, head, logits):
     return None
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def decode_step(x, layers, norms, final_norm, head, k_cache, v_cache, pos, cos, sin, eps, n_heads,
                 scratch, logits):
     """Run one token through every layer and the lm_head; write f32 logits (V,).

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def dense_gemv(x, weight, out):
     """y = W x for one token. x (K,) f32; weight (N, K) f32; out (N,) f32."""
     n_out, k = weight.shape
@@ -22,7 +22,7 @@ GEMM_TILE = 64  # weight rows per parallel task of a prompt matmul (64 x K f32 s
 TOKEN_BLOCK = 64  # prompt tokens per pass over a tile, so the tokens' rows stay in L2 too
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def gemm_block(x, w, out):
     """out[t, n] = x[t] . w[n]: x (T, K) f32; w (M, K) f32; out (T, M) f32, any strides.
 
@@ -75,7 +75,7 @@ def gemm_block(x, w, out):
             out[t, n] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def dense_gemm(x, weight, out):
     """Y = X W^T for a prompt, in tiles of GEMM_TILE weight rows x TOKEN_BLOCK tokens.
 

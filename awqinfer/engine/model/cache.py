@@ -25,6 +25,7 @@ class KVCache:
         self.v = zeros(shape)
         self.capacity = int(capacity)
         self.pos = 0
+        self.nbytes = 2 * self.k.size * self.k.dtype.itemsize  # keys and values, on the model's device
 
     @property
     def free(self) -> int:

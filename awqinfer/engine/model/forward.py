@@ -12,6 +12,7 @@ same KVCache, whose fill level is the position of the next token.
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ class Model:
         self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
+        self._kv_bytes = 0  # bytes of this model's live KV caches (new_cache adds, garbage collection subtracts)
+        self._kv_lock = threading.RLock()  # re-entrant: a collection may run a release inside the lock
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None) -> "Model":
@@ -55,7 +58,19 @@ class Model:
 
     def new_cache(self, max_tokens: int) -> KVCache:
         """An empty KV cache for one sequence of up to ``max_tokens`` positions."""
-        return KVCache(self.config, max_tokens, self.backend.zeros)
+        cache = KVCache(self.config, max_tokens, self.backend.zeros)
+        self._count_kv(cache.nbytes)
+        weakref.finalize(cache, self._count_kv, -cache.nbytes)  # when the cache is freed
+        return cache
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by this model's KV caches that are still alive (a server's metrics report it)."""
+        return self._kv_bytes
+
+    def _count_kv(self, delta: int) -> None:
+        with self._kv_lock:
+            self._kv_bytes += delta
 
     def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
