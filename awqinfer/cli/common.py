@@ -41,6 +41,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="local checkpoint directory, Hugging Face repo id, or Workers AI name "
                         "(default: the embedded SmolLM2-135M-Instruct; see `awqinfer models`)")
+    add_compute_flags(p)
+
+
+def add_compute_flags(p: argparse.ArgumentParser) -> None:
+    """--device and --threads: where and on how many CPU threads the model computes."""
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=ranged(int, 1, None), default=None, metavar="N",
                    help=f"CPU threads for the kernels (default: the cores this process may use, here "

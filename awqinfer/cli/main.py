@@ -6,10 +6,11 @@ import sys
 
 import awqinfer
 
-from . import chat, convert, models, quantize, run
+from . import chat, convert, models, quantize, run, serve
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail
 
-COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize}  # name -> module
+COMMANDS = {"run": run, "chat": chat, "serve": serve, "models": models, "convert": convert,
+            "quantize": quantize}  # name -> module
 
 
 def build_parser() -> Parser:
