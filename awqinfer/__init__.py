@@ -2,8 +2,9 @@
 
 from .engine.llm import LLM, load, run
 from .engine.quant.quantize import quantize
-from .errors import AwqinferError, Cancelled, CheckpointError, DeviceError, InputError, ModelNotFoundError
+from .errors import (AwqinferError, Cancelled, CheckpointError, DeviceError, InputError, ModelNotFoundError,
+                     TemplateCheckpointError, TemplateError, TemplateInputError)
 
 __all__ = ["load", "run", "quantize", "LLM", "AwqinferError", "Cancelled", "CheckpointError", "DeviceError",
-           "InputError", "ModelNotFoundError"]
+           "InputError", "ModelNotFoundError", "TemplateError", "TemplateInputError", "TemplateCheckpointError"]
 __version__ = "0.1.0"

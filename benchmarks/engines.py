@@ -1,14 +1,19 @@
-"""The three engines behind one small interface, so run.py times them the same way.
+"""The engines that run inside benchmarks/worker.py processes, behind small shared interfaces.
 
-Each engine takes token ids (the same ids for all three: SmolLM2's GGUF and Hugging
-Face vocabularies agree) and offers:
+All take token ids (the same ids: SmolLM2's GGUF and Hugging Face vocabularies agree).
+Raw loops (awqinfer's ``Model.forward``, transformers on torch), the kernels' figure:
 
     prefill(ids) -> seconds                   a fresh sequence, the whole prompt at once
     greedy(ids, n) -> (tokens, seconds)       prompt, then n greedy tokens; seconds for the n steps
     fill(ids, extra)                          keep a long sequence in a cache (room for extra more)
     decode_at(ctx, n) -> seconds              n greedy steps from position ctx of fill's sequence
 
-Greedy steps end with an argmax over the logits in every engine, and never stop at EOS.
+Greedy steps end with an argmax over the logits, and never stop at EOS. As users meet them
+(awqinfer's ``LLM.run(stream=True)``, llama-cpp-python's ``create_completion(stream=True)``):
+
+    stream(ids, n) -> {"first_s", "decode_s", "tokens", "text"}   greedy, stops at EOS or n tokens
+
+llama.cpp's own loop is timed by its own programs (benchmarks/llama_tools.py).
 """
 
 from __future__ import annotations
@@ -20,12 +25,26 @@ import numpy as np
 
 
 class Awqinfer:
+    """awqinfer raw (``Model.forward`` token by token: the kernels' figure) and as users meet it (``stream``)."""
+
     name = "awqinfer"
 
-    def __init__(self, model, fast: bool = True):
-        self.model = model  # awqinfer.engine.model.Model
+    def __init__(self, llm, fast: bool = True):
+        self.llm = llm  # awqinfer.LLM
+        self.model = llm.model  # awqinfer.engine.model.Model
         self.fast = fast
         self.long = None
+
+    def stream(self, ids, n):
+        """``LLM.run(stream=True)``, greedy, up to n tokens after the prompt ``ids`` (raw: no template added)."""
+        prompt = self.llm.tokenizer.decode(list(ids), skip_special_tokens=False)
+        chunks = self.llm.run({"prompt": prompt, "raw": True, "stream": True, "max_tokens": n, "temperature": 0})
+        last = {}
+
+        def text_of(chunk):
+            last.update(chunk)
+            return chunk["response"]
+        return timed_stream(chunks, text_of, lambda: last["usage"]["completion_tokens"])
 
     def prefill(self, ids) -> float:
         cache = self.model.new_cache(len(ids))
@@ -58,60 +77,39 @@ class Awqinfer:
         return time.perf_counter() - t
 
 
-class LlamaCpp:
-    name = "llama.cpp"
+class LlamaCppPython:
+    """llama-cpp-python, the Python-level peer: its streamed ``create_completion``, as its users call it."""
+
+    name = "llama-cpp-python"
 
     def __init__(self, gguf_path, n_ctx: int, threads: int = 2):
         from llama_cpp import Llama
 
-        make = lambda: Llama(model_path=str(gguf_path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                             n_batch=512, verbose=False)
-        self.llm = make()  # prompts and short runs
-        self.long = make()  # the long sequence of fill / decode_at, kept between calls
-        self.n_vocab = self.llm.n_vocab()
-        self.long_ids = None
+        self.llm = Llama(model_path=str(gguf_path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                         n_batch=512, verbose=False)
 
-    def _logits(self, llm=None):
-        """The last evaluated token's logits (eval() asks llama.cpp for those only)."""
-        return np.ctypeslib.as_array((llm or self.llm)._ctx.get_logits(), shape=(self.n_vocab,))
-
-    def prefill(self, ids) -> float:
+    def stream(self, ids, n):
+        """Greedy ``create_completion(stream=True)`` of up to n tokens after ``ids``: see ``timed_stream``."""
         self.llm.reset()
-        t = time.perf_counter()
-        self.llm.eval(list(ids))
-        return time.perf_counter() - t
+        chunks = self.llm.create_completion(list(ids), max_tokens=n, temperature=0.0, stream=True)
+        return timed_stream(chunks, lambda chunk: chunk["choices"][0]["text"],
+                            lambda: self.llm.n_tokens - len(ids) + 1)
 
-    def greedy(self, ids, n):
-        self.llm.reset()
-        self.llm.eval(list(ids))
-        token = int(np.argmax(self._logits()))
-        out = [token]
-        t = time.perf_counter()
-        for _ in range(n - 1):
-            self.llm.eval([token])
-            token = int(np.argmax(self._logits()))
-            out.append(token)
-        return out, time.perf_counter() - t
 
-    def fill(self, ids, extra):
-        self.long.reset()
-        self.long.eval(list(ids))
-        self.long_ids = list(ids)
-        self.valid = len(ids)  # cache positions that still hold long_ids
+def timed_stream(chunks, text_of, count) -> dict:
+    """Consume a stream of text chunks; seconds to the first chunk and from it to the last, tokens made.
 
-    def decode_at(self, ctx, n) -> float:
-        llm = self.long
-        if ctx > self.valid:  # llama.cpp needs consecutive positions: re-feed the prompt (untimed)
-            llm.n_tokens = self.valid
-            llm.eval(self.long_ids[self.valid : ctx])
-        llm.n_tokens = ctx  # eval() drops the cache entries from n_tokens on before it decodes
-        self.valid = ctx
-        token = self.long_ids[ctx]
-        t = time.perf_counter()
-        for _ in range(n):
-            llm.eval([token])
-            token = int(np.argmax(self._logits(llm)))
-        return time.perf_counter() - t
+    ``count()`` (called at the end) gives the tokens generated. The decode rate is
+    (tokens - 1) / (last - first): the first token's time is the prompt's.
+    """
+    start = time.perf_counter()
+    first = last = None
+    text = []
+    for chunk in chunks:
+        last = time.perf_counter()
+        first = first or last
+        text.append(text_of(chunk))
+    return {"first_s": first - start, "decode_s": last - first, "tokens": count(), "text": "".join(text)}
 
 
 class Torch:

@@ -92,13 +92,13 @@ def weight_bytes_per_token(model) -> int:
         total += sum(a.nbytes for a in vars(stack).values() if isinstance(a, np.ndarray))
     total += w.norms.nbytes
     state = model._decode_state
-    head = w.lm_head.weight
-    if state and state.lm_head_int8:  # the int8 screen, then RESCORE f32 rows
+    if state and state.lm_head_int8:  # the int8 screen, then RESCORE exact rows as stored
         from awqinfer.kernels.decode import RESCORE
 
-        total += state.head.q8.nbytes + state.head.scales.nbytes + RESCORE * head[0].nbytes
+        total += state.head.q8.nbytes + state.head.scales.nbytes + RESCORE * state.head.rows[0].nbytes
     else:
-        total += head.nbytes
+        total += state.head.rows.nbytes if state else sum(a.nbytes for a in vars(w.lm_head).values()
+                                                          if isinstance(a, np.ndarray))
     return total + w.norm.nbytes + w.embed.table[0].nbytes
 
 

@@ -4,9 +4,11 @@ Each engine's thread pool (Numba's OpenMP threads, llama.cpp's, torch's) spins f
 after its work; in one process they steal the cores from each other (docs/PERFORMANCE.md item 7). Here
 an idle engine sits blocked on stdin and its threads fall asleep before the next one runs.
 
-    python -m benchmarks.worker awqinfer DIR [int8|f32] | llama.cpp GGUF N_CTX THREADS | torch GGUF THREADS
+    python -m benchmarks.worker awqinfer DIR [int8|f32] [THREADS|auto] | llama-cpp-python GGUF N_CTX THREADS
+                                | torch GGUF THREADS
     requests: {"op": "prefill", "ids": [...]}, {"op": "greedy", "ids": [...], "n": N},
               {"op": "fill", "ids": [...], "extra": N}, {"op": "decode_at", "ctx": C, "n": N},
+              {"op": "stream", "ids": [...], "n": N}   (awqinfer, llama-cpp-python: the streamed API),
               {"op": "check", "ids": [...], "n": N}   (awqinfer: fast vs reference greedy tokens)
 """
 
@@ -19,20 +21,21 @@ from pathlib import Path
 
 
 def make(argv):
-    from .engines import Awqinfer, LlamaCpp, Torch
+    from .engines import Awqinfer, LlamaCppPython, Torch
 
     kind = argv[0]
     if kind == "awqinfer":
-        from awqinfer.engine.model import Model
+        from awqinfer.engine.llm import LLM
 
-        model = Model.load(argv[1])
-        engine = Awqinfer(model)
-        if len(argv) > 2 and argv[2] == "int8":
-            model.fast_lm_head_int8 = True
-            engine.name = "awqinfer int8-head"
+        head = argv[2] if len(argv) > 2 else "int8"
+        threads = argv[3] if len(argv) > 3 else "auto"
+        llm = LLM.from_directory(argv[1], threads=None if threads == "auto" else int(threads))
+        llm.model.fast_lm_head_int8 = head == "int8"
+        engine = Awqinfer(llm)
+        engine.name = "awqinfer" + ("" if head == "int8" else " f32-head") + ("" if threads == "auto" else f" {threads}t")
         return engine
-    if kind == "llama.cpp":
-        return LlamaCpp(Path(argv[1]), int(argv[2]), int(argv[3]))
+    if kind == "llama-cpp-python":
+        return LlamaCppPython(Path(argv[1]), int(argv[2]), int(argv[3]))
     if kind == "torch":
         return Torch(Path(argv[1]), int(argv[2]))
     raise SystemExit(f"unknown engine {kind!r}")
@@ -54,9 +57,11 @@ def serve(engine, requests, reply):
             out = {}
         elif op == "decode_at":
             out = {"seconds": engine.decode_at(req["ctx"], req["n"])}
+        elif op == "stream":
+            out = engine.stream(req["ids"], req["n"])
         elif op == "check":
-            fast, _ = Awqinfer(engine.model, fast=True).greedy(req["ids"], req["n"])
-            ref, _ = Awqinfer(engine.model, fast=False).greedy(req["ids"], req["n"])
+            fast, _ = Awqinfer(engine.llm, fast=True).greedy(req["ids"], req["n"])
+            ref, _ = Awqinfer(engine.llm, fast=False).greedy(req["ids"], req["n"])
             out = {"fast": fast, "reference": ref}
         else:
             out = {"error": f"unknown op {op!r}"}

@@ -34,6 +34,17 @@ def int8_weight(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scales[:, None]
 
 
+def fixed_point_activations(x: np.ndarray) -> np.ndarray:
+    """x (..., K) f32 rounded as the fast decode path converts its AWQ inputs: one scale per 64 values.
+
+    Plain numpy, natural order: scale = absmax / (127 * 128) of each block of 64, codes rint(x / scale).
+    """
+    blocks = x.reshape(*x.shape[:-1], -1, 64).astype(np.float32)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127 * 128)
+    codes = np.rint(blocks / np.where(scale > 0, scale, 1))
+    return (codes * scale).reshape(x.shape).astype(np.float32)
+
+
 def dense_twin(src: Path, dst: Path) -> Path:
     """Copy a checkpoint dir as plain fp32 safetensors (AWQ tensors dequantised) for transformers."""
     from safetensors.numpy import save_file

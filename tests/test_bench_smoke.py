@@ -12,24 +12,27 @@ from benchmarks import run  # noqa: E402
 
 SMOKE = ["--no-peers", "--repeats", "1", "--prompt-lengths", "16,32", "--decode-prompt", "8",
          "--decode-tokens", "6", "--contexts", "64,128", "--long-tokens", "3", "--check-tokens", "6",
-         "--ttft-repeats", "1", "--ttft-cold-repeats", "0", "--big", "tiny", "--big-tokens", "2",
-         "--big-repeats", "1", "--bandwidth-gb", "0.02", "--quiet"]
+         "--contention-tokens", "3", "--ttft-repeats", "1", "--ttft-cold-repeats", "0", "--big", "tiny",
+         "--big-tokens", "2", "--big-repeats", "1", "--bandwidth-gb", "0.02", "--quiet"]
 
 
 def test_benchmark_smoke(tiny_llama_awq, tmp_path):
     assert run.main(["--model", str(tiny_llama_awq), "--out", str(tmp_path), *SMOKE]) == 0
     out = json.loads((tmp_path / "results.json").read_text())
-    assert out["fast_path_matches_reference"] and len(out["fast_tokens"]) == 6
-    figures = out["engines"]["awqinfer"]
+    assert out["fast_path_matches_reference"] and all(len(c[1]) == 6 for c in out["checks"].values())
+    assert set(out["kernel"]) == set(out["user"]) == {"awqinfer", "awqinfer f32-head"}
+    figures = out["kernel"]["awqinfer"]
     assert set(figures) == {"prefill 16", "prefill 32", "decode 6", "decode @64", "decode @128"}
     assert all(len(v) == 1 and math.isfinite(v[0]) and v[0] > 0 for v in figures.values())
+    streamed = out["user"]["awqinfer"]
+    assert 1 <= streamed["tokens"][0] <= 6 and streamed["first chunk s"][0] > 0
+    assert set(out["contention"]) == {"awqinfer", "awqinfer 1t", "awqinfer 2t"}
     assert out["ttft"]["warm"][0] > 0 and out["ttft"]["rss"][0] > 10e6
     big = out["big"]
     assert big["tok_s"][0] > 0 and big["peak_rss"][0] > big["rss_after_load"][0] / 2 and big["file_bytes"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| decode 6 |" in text and "time to first token" in text
-    assert "awqinfer equal (6 tokens); awqinfer int8-head equal (6 tokens)" in text
-    assert set(out["engines"]) == {"awqinfer", "awqinfer int8-head"}
+    assert "| decode 6 |" in text and "Time to first token" in text and "Beside one busy process" in text
+    assert "awqinfer equal (6 tokens); awqinfer f32-head equal (6 tokens)" in text
     if importlib.util.find_spec("matplotlib"):  # the bench extra's plot
         assert (tmp_path / "decode_vs_context.png").stat().st_size > 1000
 
@@ -37,10 +40,11 @@ def test_benchmark_smoke(tiny_llama_awq, tmp_path):
 def test_benchmark_withholds_figures_when_fast_path_differs(tiny_llama_awq, tmp_path, monkeypatch):
     monkeypatch.setattr(run, "check_fast_path", lambda model, ids, n: (False, [1, 2], [1, 3]))
     argv = ["--model", str(tiny_llama_awq), "--out", str(tmp_path), *SMOKE, "--no-ttft", "--big", "none",
-            "--lm-head", "f32"]
+            "--lm-head", "int8", "--no-contention"]
     assert run.main(argv) == 1
     out = json.loads((tmp_path / "results.json").read_text())
-    assert all(math.isnan(v[0]) for v in out["engines"]["awqinfer"].values())
+    assert all(math.isnan(v[0]) for v in out["kernel"]["awqinfer"].values())
+    assert all(math.isnan(v[0]) for v in out["user"]["awqinfer"].values())
     text = (tmp_path / "RESULTS.md").read_text()
     assert "DIFFERENT: awqinfer figures withheld" in text
     assert "| decode 6 | - |" in text

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import awqinfer
-from awqinfer import InputError
+from awqinfer import CheckpointError, InputError, TemplateCheckpointError, TemplateInputError
 from awqinfer.engine.text.inputs import parse_inputs
 from awqinfer.engine.text.tokenizer import Tokenizer
 from checkpoints import DEEPSEEK_CODER_TEMPLATE, set_chat_template
@@ -123,9 +123,15 @@ def test_raw_prompt_gets_one_bos(checkpoints):
 
 
 def test_template_exceptions_become_input_errors(checkpoints):
+    """raise_exception is the template refusing the conversation: the request's fault, naming the template."""
     tok = Tokenizer(checkpoints["llama2"])
-    with pytest.raises(InputError, match="messages: .*alternate user/assistant"):
+    with pytest.raises(TemplateInputError, match="messages: .*tokenizer_config.json.*alternate user/assistant"):
         tok.apply_chat_template([{"role": "assistant", "content": "I start"}])
+    with pytest.raises(InputError, match="messages: expected a list of"):
+        tok.apply_chat_template([["role", "user"]])
+    # a turn the template cannot take (content not a string): the conversation's fault, with the line
+    with pytest.raises(TemplateInputError, match=r"fails on this conversation \(line 1\): TypeError"):
+        Tokenizer(checkpoints["chatml"]).apply_chat_template([{"role": "user", "content": None}])
 
 
 def test_checkpoint_without_template_gets_the_plain_fallback(tiny_qwen2, tmp_path):
@@ -149,8 +155,51 @@ def test_chat_template_jinja_file_wins(tiny_qwen2, tmp_path):
 
 
 def test_templates_run_sandboxed(tiny_qwen2, tmp_path):
+    """A template that reaches for Python's internals or mutates its inputs is the checkpoint's fault.
+
+    (tests/test_template_limits.py has the hostile templates that try to exhaust memory or time.)
+    """
     directory = tmp_path / "model"
     shutil.copytree(tiny_qwen2, directory)
-    set_chat_template(directory, "{{ messages.append({'role': 'x'}) }}{{ ''.__class__.__mro__ }}")
-    with pytest.raises(InputError, match="messages:"):
-        Tokenizer(directory).apply_chat_template(CONVERSATIONS[0])
+    for source, words in [("{{ messages.append({'role': 'x'}) }}", "'append' of 'list'"),
+                          ("\n{{ ''.__class__.__mro__ }}", "'__class__' of 'str'")]:
+        set_chat_template(directory, source)
+        with pytest.raises(TemplateCheckpointError) as e:
+            Tokenizer(directory).apply_chat_template(CONVERSATIONS[0])
+        assert "tokenizer_config.json: the chat template tries to leave its sandbox" in str(e.value)
+        assert words in str(e.value) and isinstance(e.value, CheckpointError)
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}\n{{ m.content %}")
+    with pytest.raises(TemplateCheckpointError, match=r"chat_template.jinja: .* not valid jinja \(line 2"):
+        Tokenizer(directory)
+
+
+def test_the_llm_bounds_its_template_by_the_models_context(tiny_qwen2):
+    """LLM passes the model's context to the tokenizer: tokens x the longest token's characters."""
+    llm = awqinfer.load(tiny_qwen2)
+    longest = max(map(len, llm.tokenizer._tok.get_vocab(with_added_tokens=True)))
+    assert llm.model.config.max_position_embeddings == 256
+    assert llm.tokenizer.chat_template.limits.max_chars == max(1 << 16, 256 * longest)
+    with pytest.raises(TemplateInputError, match="messages: longer than the model's context can hold"):
+        llm.run({"messages": [{"role": "user", "content": "x" * 70_000}]})
+
+
+TOOLS_TEMPLATE = (  # the tools part of Qwen2.5's template
+    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n\\n<tools>' }}{%- for tool in tools %}{{- '\\n' }}"
+    "{{- tool | tojson }}{%- endfor %}{{- '\\n</tools><|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_tools_reach_the_template_as_in_transformers(tiny_qwen2, tmp_path):
+    """tools= renders through the same limited sandbox, tojson and all, as transformers renders it."""
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, directory)
+    set_chat_template(directory, TOOLS_TEMPLATE)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Le temps qu'il fait, °C",
+                                                "parameters": {"type": "object", "properties": {
+                                                    "city": {"type": "string"}}, "required": ["city"]}}}]
+    expected = hf_tokenizer(directory).apply_chat_template(CONVERSATIONS[0], tools=tools, tokenize=False,
+                                                           add_generation_prompt=True)
+    assert Tokenizer(directory).apply_chat_template(CONVERSATIONS[0], tools=tools) == expected
+    assert '"description": "Le temps qu\'il fait, °C"' in expected

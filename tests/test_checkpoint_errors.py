@@ -162,3 +162,11 @@ def test_weights_are_memory_mapped(tiny_llama):
     while getattr(base, "base", None) is not None and not isinstance(base, np.memmap):
         base = base.base
     assert isinstance(base, np.memmap)
+
+
+def test_a_model_bigger_than_memory_is_refused_before_loading(model_dir, monkeypatch):
+    """Weights that will not fit what this process can still take: a CheckpointError, not an OOM kill."""
+    from awqinfer.engine.model import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100_000)
+    expect(model_dir, "its weights need 0.00 GiB of memory once loaded", "can take 0.00 GiB")

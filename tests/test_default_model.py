@@ -79,3 +79,42 @@ def test_default_model_perplexity_within_15_percent(models):
     print(f"perplexity fp32 {reference:.3f}, default model {ours:.3f} ({ours / reference - 1:+.1%})")
     assert reference < 30  # the float model itself reads English
     assert ours <= 1.15 * reference
+
+
+def test_fast_decode_keeps_the_reference_greedy_tokens(models):
+    """The compiled decode step (fixed-point activations, int8-screened lm_head) against the readable forward.
+
+    Both trade exactness for speed (kernels/qdot.py, kernels/decode.py). Fed the reference's own greedy
+    tokens (teacher forcing, so one near-tie does not derail the rest), the fast step picks the
+    reference's token wherever the reference's top two are more than a hair apart, and the logits
+    stay within the documented bound.
+    """
+    _, model, tok = models
+    assert model.fast and model.fast_lm_head_int8  # the defaults under test
+    agree, ties = 0, 0
+    for prompt in PROMPTS:
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
+        model.fast = False
+        reference = greedy(model, ids, 32)
+        model.fast = True
+        cache_f, cache_r = model.new_cache(len(ids) + 32), model.new_cache(len(ids) + 32)
+        fast_logits = model.forward(ids, cache_f, last_only=True)[-1]
+        ref_logits = model.forward(ids, cache_r, last_only=True, fast=False)[-1]
+        for token in reference:
+            top2 = np.sort(ref_logits)[-2:]
+            if int(fast_logits.argmax()) == token:
+                agree += 1
+            else:
+                ties += 1
+                assert top2[1] - top2[0] < 0.02 * np.abs(ref_logits).max(), (prompt, tok.decode(reference))
+            fast_logits = model.forward([token], cache_f)[0]
+            ref_logits = model.forward([token], cache_r, fast=False)[0]
+    print(f"fast decode picks the reference token {agree} of {agree + ties} times; near-ties flipped: {ties}")
+    assert ties <= 2
+    cache_f, cache_r = model.new_cache(len(ids) + 1), model.new_cache(len(ids) + 1)
+    model.forward(ids[:-1], cache_f)
+    model.forward(ids[:-1], cache_r)
+    fast, ref = model.forward(ids[-1:], cache_f)[0], model.forward(ids[-1:], cache_r, fast=False)[0]
+    top = np.argsort(ref)[-32:]
+    np.testing.assert_allclose(fast[top], ref[top], atol=2e-3 * np.abs(ref).max())  # the rescored top: near exact
+    assert np.sqrt(np.mean((fast - ref) ** 2) / np.mean(ref ** 2)) < 0.03  # the int8 screen elsewhere

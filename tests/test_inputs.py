@@ -79,11 +79,11 @@ def test_messages_good():
     messages.append({"role": "user", "content": "y" * MAX_CHARS})
     request = parse_inputs({"messages": messages, "stream": True, "temperature": 0})
     assert request.prompt is None and list(request.messages) == messages and request.stream
-    assert parse_inputs({"messages": []}).messages == ()
 
 
 @pytest.mark.parametrize("messages,match", [
     ("hi", r"^messages: got 'hi'.*array"),
+    ([], r"^messages: got an empty array; allowed: at least one"),
     ({"role": "user", "content": "hi"}, r"^messages: got \{.*array"),
     (["hi"], r"^messages\[0\]: got 'hi'.*'role' and 'content'"),
     ([{"role": "user"}], r"^messages\[0\]: got .*exactly 'role' and 'content'"),

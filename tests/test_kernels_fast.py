@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from awqinfer.kernels import awq, decode
-from awqinfer.kernels.attention import attention
+from numba.typed import List
+
+from awqinfer.kernels import awq
+from awqinfer.kernels.attention import attention, store_kv
+from awqinfer.kernels.decode_attention import ATTN_CHUNK, attend_rows
 from awqinfer.kernels.awq import awq_gemm, awq_gemv
 from awqinfer.kernels.norm import rmsnorm
 from awqinfer.kernels.rope import apply_rope
@@ -55,21 +58,42 @@ def _attention_reference(q, k, v, n_pos):
     return out
 
 
-@pytest.mark.parametrize("n_pos", [1, 5, decode.ATTN_CHUNK, 2 * decode.ATTN_CHUNK + 77])
-def test_attend_one_matches_numpy(n_pos):
-    """The decode attention, including the merge of several position chunks."""
-    rng = np.random.default_rng(n_pos)
-    heads, kv, dim, capacity = 9, 3, 64, 3 * decode.ATTN_CHUNK
-    k = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
-    v = rng.standard_normal((kv, capacity, dim)).astype(np.float32)
-    q = rng.standard_normal(heads * dim).astype(np.float32)
-    chunks = -(-capacity // decode.ATTN_CHUNK)
-    scratch = (np.zeros((heads, capacity), np.float32), np.zeros((heads, chunks, dim), np.float32),
-               np.zeros((heads, chunks), np.float32), np.zeros((heads, chunks), np.float32))
-    out = np.full(heads * dim, np.nan, np.float32)
-    decode.attend_one(q, k, v, n_pos, *scratch, out)
-    want = _attention_reference(q.reshape(heads, dim), k, v, n_pos)
-    np.testing.assert_allclose(out.reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
+def test_attend_rows_matches_numpy(kv_dtype):
+    """The decode attention of a batch: rows of mixed lengths (one, a few, exactly a chunk, several chunks
+    merged), each over its own cache, f32 or f16 (stored as bits)."""
+    rng = np.random.default_rng(7)
+    heads, kv, dim, layers = 9, 3, 64, 2
+    lengths = [1, 5, ATTN_CHUNK, 2 * ATTN_CHUNK + 77]  # positions each row attends to (its own included)
+    ks = [rng.standard_normal((layers, kv, n + 3, dim)).astype(kv_dtype) for n in lengths]
+    vs = [rng.standard_normal((layers, kv, n + 3, dim)).astype(kv_dtype) for n in lengths]
+    stored = lambda a: a.view(np.uint16) if kv_dtype == np.float16 else a
+    qkv = rng.standard_normal((len(lengths), (heads + 2 * kv) * dim)).astype(np.float32)
+    s_max = max(lengths) + 3
+    chunks = -(-s_max // ATTN_CHUNK)
+    B = len(lengths)
+    scratch = (np.zeros((B, heads, s_max), np.float32), np.zeros((B, heads, chunks, dim), np.float32),
+               np.zeros((B, heads, chunks), np.float32), np.zeros((B, heads, chunks), np.float32))
+    out = np.full((B, heads * dim), np.nan, np.float32)
+    positions = np.array(lengths, np.int64) - 1
+    attend_rows(qkv, List([stored(k) for k in ks]), List([stored(v) for v in vs]), 1, positions, *scratch, out)
+    for b, n in enumerate(lengths):
+        want = _attention_reference(qkv[b, : heads * dim].reshape(heads, dim), ks[b][1].astype(np.float32),
+                                    vs[b][1].astype(np.float32), n)
+        np.testing.assert_allclose(out[b].reshape(heads, dim), want, rtol=1e-4, atol=1e-5)
+
+
+def test_f16_kv_elements_round_trip_as_numpy_does():
+    """store_kv into a float16 cache rounds as numpy's astype(float16) (to nearest even; beyond range: inf)."""
+    x = np.concatenate([np.random.default_rng(0).standard_normal(1000) * 10.0 ** np.arange(-6, 4).repeat(100),
+                        [0.0, -0.0, 65504.0, 1e-8, 7e4]]).astype(np.float32)
+    qkv = np.stack([np.zeros_like(x), x, -x], axis=1)  # one head of size 1: columns q, k, v
+    k, v = np.zeros((1, x.size, 1), np.uint16), np.zeros((1, x.size, 1), np.uint16)
+    store_kv(qkv, k, v, 0, 1)
+    with np.errstate(over="ignore"):  # 7e4 is beyond float16: inf, as numpy gives
+        half = x.astype(np.float16)
+    np.testing.assert_array_equal(k.reshape(-1), half.view(np.uint16))
+    np.testing.assert_array_equal(v.reshape(-1), (-half).view(np.uint16))
 
 
 @pytest.mark.parametrize("n_tokens,start", [(1, 0), (5, 0), (4, 9), (40, 3)])
@@ -88,7 +112,7 @@ def test_prefill_attention_matches_numpy(n_tokens, start):
 
 
 def test_rmsnorm_and_rope_match_numpy():
-    """The norm and RoPE kernels both paths share (decode_step calls them on one-row views)."""
+    """The norm and RoPE kernels both paths share (decode_batch calls them on its rows)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 96)).astype(np.float32)
     w = rng.standard_normal(96).astype(np.float32)
@@ -154,3 +178,52 @@ def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path):
     assert drop_stale_cache(tmp_path)
     assert list(cache.glob("*.nb[ic]")) == []
     assert not drop_stale_cache(tmp_path)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("n_tokens", [1, 5, 70])
+def test_half_gemm_and_gemv_widen_16_bit_weights_exactly(bf16, n_tokens):
+    """A 16-bit lm_head kept as stored: the kernels equal numpy on the exactly widened f32 weights."""
+    from awqinfer.engine.checkpoint.safetensors import widen
+    from awqinfer.engine.model.linear import HalfLinear, stored_linear
+    from awqinfer.kernels.dense import dense_gemv, half_gemm
+
+    rng = np.random.default_rng(n_tokens)
+    w = rng.standard_normal((131, 96)).astype(np.float32)
+    w[0, :4] = [0.0, -0.0, 6e-8, 65504.0] if not bf16 else [0.0, -0.0, 1e-30, 3e38]  # zeros, subnormal, the largest
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16) if bf16 else w.astype(np.float16).view(np.uint16)
+    exact = widen(bits if bf16 else bits.view(np.float16), bf16).astype(np.float64)
+    x = rng.standard_normal((n_tokens, 96)).astype(np.float32)
+    x[:, :4] = 0  # the extreme weights must not overflow the sums; they are checked by widening alone
+    want = x.astype(np.float64) @ exact.T
+    out = np.full((n_tokens, 131), np.nan, np.float32)
+    half_gemm(x, bits, bf16, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    one = np.full(131, np.nan, np.float32)
+    dense_gemv(x[0], bits, one, bf16)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    linear = stored_linear(bits if bf16 else bits.view(np.float16), bf16)
+    assert isinstance(linear, HalfLinear) and np.shares_memory(linear.bits, bits)
+    np.testing.assert_array_equal(linear.rows(0, 131), exact.astype(np.float32))
+
+
+def test_kernels_called_from_python_release_the_gil():
+    """Every compiled CPU kernel drops the GIL while it runs: a server's other threads keep answering."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import awqinfer.kernels as package
+
+    checked = 0
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:  # kernels/cuda: device kernels
+            continue
+        module = importlib.import_module(f"awqinfer.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__ and \
+                    obj.targetoptions.get("inline", "never") == "never":
+                assert obj.targetoptions.get("nogil"), f"{info.name}.{name} holds the GIL"
+                checked += 1
+    assert checked >= 20

@@ -99,7 +99,7 @@ def layer_output(config, layer, x):
     x = x.copy()
     k = np.zeros((config.num_key_value_heads, len(x), config.head_dim), np.float32)
     cos, sin = cos_sin(config.rope, config.head_dim, config.max_position_embeddings, 0, len(x))
-    decoder_layer(CPU, config, layer, x, k, np.zeros_like(k), 0, cos, sin)
+    decoder_layer(CPU, config, layer, x, [(k, np.zeros_like(k), 0, slice(None))], cos, sin)
     return x
 
 

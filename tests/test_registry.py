@@ -75,6 +75,15 @@ def test_offline_without_cache_names_the_repo_and_how_to_fetch_it(tmp_path):
     assert cli.returncode == 1 and "someone/not-cached" in cli.stderr and "Traceback" not in cli.stderr
 
 
+def test_unreachable_hub_says_so_in_plain_words(tmp_path):
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "empty_hf_home")}  # port 9: nothing
+    proc = subprocess.run([sys.executable, "-m", "awqinfer", "run", "--model", "someone/not-cached", "hi"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "and awqinfer cannot reach the Hub at http://127.0.0.1:9; fetch it" in proc.stderr
+    assert "hf download someone/not-cached" in proc.stderr
+
+
 def test_offline_with_cache_loads_from_it(tiny_qwen2, tmp_path):
     hf_home = tmp_path / "hf_home"
     _fake_hf_cache(hf_home, "awqinfer-tests/tiny-qwen2", tiny_qwen2)

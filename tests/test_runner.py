@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import weakref
 from collections import OrderedDict
 
@@ -20,6 +21,7 @@ import awqinfer
 from awqinfer import InputError
 from awqinfer.engine import llm as runner
 from awqinfer.engine.model.cache import KVCache
+from awqinfer.engine.model.kv_budget import KV_BUDGET
 from awqinfer.engine.text.generate import generate_tokens
 from awqinfer.engine.text.inputs import parse_inputs
 from awqinfer.engine.text.sampling import SamplingParams
@@ -187,24 +189,32 @@ def test_bad_inputs_raise_before_streaming_starts(llama):
         llama.run({"prompt": "hi", "stream": True, "top_k": 0})
 
 
-def test_abandoned_stream_frees_its_cache(llama, monkeypatch):
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_abandoned_stream_frees_its_cache(llama, monkeypatch, how):
+    """A stream closed or dropped by its consumer stops within a step: its cache and KV reservation go."""
     caches = []
     new_cache = llama.model.new_cache
 
-    def spy(n):
-        cache = new_cache(n)
+    def spy(n, **kwargs):
+        cache = new_cache(n, **kwargs)
         caches.append(weakref.ref(cache))
         return cache
 
     monkeypatch.setattr(llama.model, "new_cache", spy)
+    reserved = KV_BUDGET.reserved
     stream = llama.run({"prompt": "Tell me a long story", "max_tokens": 200, "stream": True, **SAMPLED,
                         "temperature": 0.1})
     next(stream)
-    assert isinstance(caches[0](), KVCache)
-    stream.close()
+    assert isinstance(caches[0](), KVCache) and KV_BUDGET.reserved > reserved
+    if how == "close":
+        stream.close()
     del stream
     gc.collect()
-    assert caches[0]() is None
+    deadline = time.monotonic() + 10
+    while (caches[0]() is not None or KV_BUDGET.reserved != reserved) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        gc.collect()
+    assert caches[0]() is None and KV_BUDGET.reserved == reserved
 
 
 def test_awqinfer_run_reuses_loaded_models(tiny_llama, monkeypatch):

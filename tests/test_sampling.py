@@ -206,3 +206,16 @@ def test_sampling_params_validate_themselves():
     with pytest.raises(InputError, match=r"temperature: got -1.*0\.\.5"):
         SamplingParams(temperature=-1)
     assert SamplingParams(top_k=3.0).top_k == 3 and isinstance(SamplingParams(top_k=3.0).top_k, int)
+
+
+def test_greedy_next_token_is_the_argmax_of_the_penalised_logits_without_a_draw():
+    """temperature 0 shortcuts the draw: same token as the one-hot distribution, no random number used."""
+    history = History(LOGITS.size, [5])
+    history.add(5)
+    for inputs in ({}, {"repetition_penalty": 1.9}, {"frequency_penalty": 2.0, "presence_penalty": 1.0}):
+        params = SamplingParams(temperature=0, **inputs)
+        rng = np.random.default_rng(7)
+        state = rng.bit_generator.state
+        token = next_token(LOGITS, history, params, rng)
+        assert token == int(np.argmax(probabilities(LOGITS, history, params)))
+        assert rng.bit_generator.state == state

@@ -70,7 +70,19 @@ def test_special_tokens_are_skipped(tok):
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_any_id_sequence_joins_to_the_full_decode(tok, data):
-    ids = data.draw(st.lists(st.integers(0, tok.vocab_size - 1), max_size=24))
+    """Any ids a model may emit, ids past the tokenizer's vocabulary too (a model's padded rows)."""
+    ids = data.draw(st.lists(st.integers(0, tok.vocab_size + 7), max_size=24))
     chunks, rest = stream(tok, ids)
     assert "".join(chunks) + rest == tok.decode(ids)
     assert not any(c.endswith("\ufffd") for c in chunks)  # only the final flush may end in U+FFFD
+
+
+def test_an_id_past_the_vocabulary_does_not_close_a_byte_run(tok):
+    """<0x33>, an unknown id, <0xAE>: tokenizers decodes the two bytes as one invalid run, so '3' is never final."""
+    if not tok.byte_fallback_ids:
+        pytest.skip("byte-level tokenizer: no byte-fallback tokens")
+    three, high = tok.token_to_id("<0x33>"), tok.token_to_id("<0xAE>")
+    ids = [*tok.encode("mp", add_special_tokens=False), three, tok.vocab_size + 3, high]
+    chunks, rest = stream(tok, ids)
+    assert "".join(chunks) + rest == tok.decode(ids)
+    assert "3" not in "".join(chunks)

@@ -58,22 +58,37 @@ def test_cli_threads_flag(tiny_qwen2):
     assert "Traceback" not in too_many.stderr
 
 
-def test_every_compiled_kernel_releases_the_gil():
-    """A server runs generations in worker threads: a kernel holding the GIL would stall its event loop."""
-    import importlib
-    import pkgutil
+def test_thread_chooser_keeps_the_fastest_count_and_follows_the_load():
+    """Timed rounds pick the faster candidate; a later round revises the choice when the timings change."""
+    from awqinfer.engine.model.threads import ThreadChooser
 
-    import awqinfer.kernels
-    from numba.core.registry import CPUDispatcher
+    chooser = ThreadChooser(2)
+    assert chooser.candidates == [2, 1] and chooser.best == 2
+    step_time = {2: 0.004, 1: 0.007}  # a quiet machine: 2 threads faster
 
-    seen, holding = [], []
-    for info in pkgutil.iter_modules(awqinfer.kernels.__path__):
-        module = importlib.import_module(f"awqinfer.kernels.{info.name}")
-        for name, obj in vars(module).items():
-            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__ \
-                    and obj.targetoptions.get("inline") != "always":  # inlined helpers compile into callers
-                seen.append(name)
-                if not obj.targetoptions.get("nogil"):
-                    holding.append(f"{module.__name__}.{name}")
-    assert len(seen) >= 15, seen
-    assert not holding, f"compiled without nogil=True: {holding}"
+    def run(steps):
+        used = []
+        for _ in range(steps):
+            n = chooser.next()
+            used.append(n)
+            chooser.record(n, step_time[n])
+        return used
+
+    first = run(ThreadChooser.EXPLORE_EVERY)
+    assert sorted(first[:6]) == [1, 1, 1, 2, 2, 2] and set(first[6:]) == {2}
+    step_time = {2: 0.020, 1: 0.009}  # another process took a core: 1 thread faster
+    second = run(ThreadChooser.EXPLORE_EVERY)
+    assert set(second[6:]) == {1} and chooser.best == 1
+    assert ThreadChooser(1).candidates == [1] and ThreadChooser(8).candidates == [8, 4, 1]
+
+
+def test_default_model_threads_are_chosen_but_an_explicit_count_is_kept(tiny_llama_awq):
+    auto = awqinfer.load(tiny_llama_awq).model
+    fixed = awqinfer.load(tiny_llama_awq, threads=1).model
+    assert auto.thread_chooser is not None and auto.thread_chooser.candidates[0] == auto.threads
+    assert fixed.thread_chooser is None
+    cache = auto.new_cache(16)
+    auto.forward([1, 2, 3], cache)
+    for t in range(8):
+        auto.forward([t], cache)
+    assert auto.thread_chooser.best in auto.thread_chooser.candidates

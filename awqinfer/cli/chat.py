@@ -1,22 +1,47 @@
 """``awqinfer chat [--model M]``: an interactive multi-turn chat that keeps the conversation.
 
-Each line typed is a user message; the reply streams back. ``/reset`` forgets the
-conversation, ``/exit`` (or end of input, Ctrl-D) leaves. Ctrl-C while a reply is
-being generated stops that reply; at the prompt it leaves.
+Each line typed is a user message; the reply streams back. Lines starting with "/" are
+commands (COMMANDS; "//" sends a line that starts with "/"). When the conversation
+outgrows the model's context, its oldest turns make room (the system prompt stays) with
+a note on stderr, and the chat goes on. A message the model cannot take is refused
+with the reason, and the chat goes on. Ctrl-C while a reply is being generated stops
+that reply (what was shown stays in the conversation); at the prompt it leaves.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from .common import add_model_flags, add_sampling_flags, load_model, sampling_inputs, write
+import awqinfer
+
+from .common import add_model_flags, add_sampling_flags, add_verbose_flag, load_model, note, sampling_inputs
+from .generation import fit_conversation, stream_reply
+
+COMMANDS = {
+    "/help": "show these commands",
+    "/reset": "forget the conversation (the system prompt stays)",
+    "/exit": "leave the chat (also /quit, or Ctrl-D)",
+}
+EXIT_COMMANDS = ("/exit", "/quit")
+
+
+def command_help() -> str:
+    """The chat commands, one per line, as --help and /help show them."""
+    return "\n".join(f"  {name:<8} {what}" for name, what in COMMANDS.items()) + \
+        "\n  //...    send a message that starts with '/'"
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("chat", help="an interactive multi-turn chat",
-                              description="Chat with a model; the conversation is kept between turns.")
+    p = subparsers.add_parser(
+        "chat", help="an interactive multi-turn chat", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Chat with a model; the conversation is kept between turns, and when it outgrows the "
+                    "model's context\nits oldest turns make room (the system prompt stays).\n\n"
+                    f"commands, typed at the >>> prompt:\n{command_help()}\n"
+                    "Ctrl-C stops a reply; at the prompt it leaves.")
     add_model_flags(p)
     add_sampling_flags(p)
+    add_verbose_flag(p)
 
 
 def read_line(prompt: str) -> str | None:
@@ -30,32 +55,50 @@ def read_line(prompt: str) -> str | None:
     return None if not line else line.rstrip("\n")
 
 
+def command(line: str, history: list[dict], system: list[dict]) -> bool:
+    """Carry out a /command; returns False when the chat should end."""
+    name = line.split()[0]
+    if name in EXIT_COMMANDS:
+        return False
+    if name == "/reset":
+        forgotten = f"{len(history)} messages" if history else "it was empty"
+        history.clear()
+        note(f"conversation forgotten ({forgotten})" + ("; the system prompt stays" if system else ""))
+    elif name == "/help":
+        print(command_help(), file=sys.stderr)
+    else:
+        note(f"unknown command {name}; /help lists the commands (start a message with // to send a '/')")
+    return True
+
+
 def main(args) -> int:
     llm = load_model(args)
     sampling = sampling_inputs(args)
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     history: list[dict] = []
-    print(f"awqinfer chat with {llm.name}: /reset forgets the conversation, /exit leaves", file=sys.stderr)
+    note(f"chat with {llm.name}: /help lists the commands, /exit leaves")
     while True:
         try:
             line = read_line(">>> ")
         except KeyboardInterrupt:
             return 0
-        if line is None or line.strip() in ("/exit", "/quit"):
+        if line is None:
             return 0
-        if line.strip() == "/reset":
-            history.clear()
+        text = line.strip()
+        if text.startswith("/") and not text.startswith("//"):
+            if not command(text, history, system):
+                return 0
             continue
-        if not line.strip():
+        if not text:
             continue
-        history.append({"role": "user", "content": line})
-        reply = []
-        stream = llm.run({"messages": system + history, "stream": True, **sampling})
+        history.append({"role": "user", "content": line.lstrip()[1:] if text.startswith("//") else line})
         try:
-            for chunk in stream:
-                reply.append(chunk["response"])
-                write(chunk["response"])
-        except KeyboardInterrupt:
-            stream.close()  # a stopped reply stays in the conversation as far as it got
-        write("\n")
-        history.append({"role": "assistant", "content": "".join(reply)})
+            messages = fit_conversation(llm, system + history, sampling.get("max_tokens"))
+            history[:] = messages[len(system):]
+            reply = stream_reply(llm, {"messages": messages, **sampling}, verbose=args.verbose)
+        except awqinfer.InputError as e:  # this message cannot be answered; the conversation can go on
+            history.pop()
+            note(f"error: {e}")
+            continue
+        # a stopped reply stays in the conversation as far as it got
+        history.append({"role": "assistant", "content": reply.text})

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from numba.core import event
+from tqdm.auto import tqdm
+
 import awqinfer
 from awqinfer.engine.model.threads import resolve_threads
 from awqinfer.engine.text.schema import SAMPLING_FIELDS
@@ -12,6 +15,9 @@ from awqinfer.engine.text.schema import SAMPLING_FIELDS
 EXIT_ERROR = 1  # the model or a file could not be used
 EXIT_USAGE = 2  # a bad flag value or bad inputs, as argparse does
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+# Seconds Numba spends compiling the CPU kernels on a first run of the default model (build and
+# reply) on this project's 2-core machine, measured with Numba's compile events (README, "Speed").
+COMPILE_SECONDS = 60
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,8 +45,8 @@ def ranged(kind, lo, hi):
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
-                   help="local checkpoint directory, Hugging Face repo id, or Workers AI name "
-                        "(default: the embedded SmolLM2-135M-Instruct; see `awqinfer models`)")
+                   help="local checkpoint directory, .gguf file (imported once), Hugging Face repo id, or Workers "
+                        "AI name (default: the embedded SmolLM2-135M-Instruct; see `awqinfer models`)")
     add_compute_flags(p)
 
 
@@ -56,11 +62,18 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """One flag per numeric field of the schema (text/schema.py): --max-tokens, --temperature, ..."""
     for field in SAMPLING_FIELDS:
         kind = int if field.integer else float
-        default = "off" if field.default is None else field.default
+        unset = "a new one each run" if field.name == "seed" else "off"
+        default = unset if field.default is None else field.default
         p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=ranged(kind, field.low, field.high),
                        default=None, metavar="N" if field.integer else "X",
-                       help=f"{field.help} ({field.allowed}; default {default})")
+                       help=f"{field.help}; {field.allowed}, default {default}")
     p.add_argument("--system", default=None, help="a system message put before the prompt")
+
+
+def add_verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="after each reply, print on stderr: prompt tokens, time to first token, decoding speed, "
+                        "completion tokens and the finish reason")
 
 
 def sampling_inputs(args) -> dict:
@@ -78,7 +91,34 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
-def write(text: str) -> None:
-    """Print a piece of streamed text at once."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def note(text: str) -> None:
+    """A one-line note on stderr, drawn above any progress bar."""
+    tqdm.write(f"awqinfer: {text}", file=sys.stderr)
+
+
+class CompileNotice(event.Listener):
+    """Says once, when Numba really compiles a CPU kernel (its cache is cold), what the wait is.
+
+    Numba compiles on a kernel's first call; a warm on-disk cache loads instead and fires no
+    compile event, so the note appears exactly on a first run or after the kernels changed.
+    """
+
+    def __init__(self):
+        self.said = False
+
+    def on_start(self, ev) -> None:
+        dispatcher = ev.data["dispatcher"]
+        if self.said or "cuda" in type(dispatcher).__module__:  # GPU kernels: not what the note is about
+            return
+        if not dispatcher.py_func.__module__.startswith("awqinfer."):  # numba's own helpers (typed.List): uncached, quick
+            return
+        self.said = True
+        note(f"compiling the kernels once (Numba; about {COMPILE_SECONDS} s on two cores); later runs reuse them")
+
+    def on_end(self, ev) -> None:
+        pass
+
+
+def compile_notice():
+    """A context in which Numba's first compile is announced on stderr (see CompileNotice)."""
+    return event.install_listener("numba:compile", CompileNotice())

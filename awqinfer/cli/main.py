@@ -7,7 +7,7 @@ import sys
 import awqinfer
 
 from . import chat, convert, models, quantize, run, serve
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, fail
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, compile_notice, fail
 
 COMMANDS = {"run": run, "chat": chat, "serve": serve, "models": models, "convert": convert,
             "quantize": quantize}  # name -> module
@@ -21,13 +21,23 @@ def build_parser() -> Parser:
     sub.required = True
     for command in COMMANDS.values():
         command.add_parser(sub)
+    parser.set_defaults(subparsers=sub.choices)  # name -> its parser, to report an error as that command
     return parser
 
 
+def parse_args(argv: list[str] | None = None):
+    """The command line parsed; an unknown flag is reported by its subcommand ('awqinfer run: error: ...')."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
-        return COMMANDS[args.command].main(args)
+        with compile_notice():
+            return COMMANDS[args.command].main(args)
     except awqinfer.InputError as e:
         return fail(str(e), EXIT_USAGE)
     except awqinfer.AwqinferError as e:

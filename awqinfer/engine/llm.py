@@ -2,7 +2,8 @@
 
 ``LLM.run(inputs)`` is the Workers AI text-generation call, in layers:
 
-    inputs -> Request (text/inputs.py) -> prompt ids (chat template or raw) -> generate_tokens
+    inputs -> Request (text/inputs.py) -> prompt ids (chat template or raw) -> a Sequence
+           -> the model's Scheduler (text/scheduler.py), batched with every other run -> tokens
            -> text chunks {"response": ...}, the last with "usage" and "finish_reason"
            -> with stream=False, the chunks joined into one result
 
@@ -20,34 +21,46 @@ from typing import Callable, Iterator
 
 from ..errors import Cancelled
 from . import hub
+from .model.cache import check_kv_dtype, max_context
 from .model.device import get_backend
 from .model.forward import Model
+from .model.kv_budget import KV_BUDGET
 from .model.threads import resolve_threads
-from .text.generate import check_prompt, generate_tokens
+from .text.context import fit_messages
+from .text.generate import Sequence, check_prompt
 from .text.inputs import Request, parse_inputs
-from .text.sampling import SamplingParams
+from .text.scheduler import Scheduler, TokenStream, check_bounds
+from .text.schema import FIELDS
 from .text.tokenizer import Tokenizer
 
 
 class LLM:
     """A model and its tokenizer, loaded once, used for many ``run`` calls."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, name: str = ""):
+    def __init__(self, model: Model, tokenizer: Tokenizer, name: str = "", max_batch: int | None = None,
+                 max_queue: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         # generation stops at any EOS: config.json's and generation_config.json's, and the tokenizer's
         self.stop_ids = frozenset(model.config.eos_token_ids) | tokenizer.eos_token_ids
+        # every run() of this model, from any thread, is batched on one engine thread
+        self.scheduler = Scheduler(model, max_batch, max_queue)
 
     @classmethod
     def from_directory(cls, directory: str | Path, name: str = "", device: str = "cpu",
-                       int8: bool = False, threads: int | None = None) -> "LLM":
+                       int8: bool = False, threads: int | None = None, kv_dtype: str = "float16",
+                       max_batch: int | None = None, max_queue: int | None = None) -> "LLM":
         """Load a Hugging Face checkpoint directory (config, safetensors, tokenizer) onto ``device``.
 
         ``int8``: float projections become int8 weight-only at load (``@cf/meta/llama-2-7b-chat-int8``).
         ``threads``: CPU threads for the kernels (default: the cores this process may use).
+        ``kv_dtype``: how KV caches hold keys and values, "float16" (default) or "float32".
+        ``max_batch``, ``max_queue``: the scheduler's bounds (see ``load``).
         """
-        return cls(Model.load(directory, device, int8, threads), Tokenizer(directory), name or str(directory))
+        model = Model.load(directory, device, int8, threads, kv_dtype)
+        tokenizer = Tokenizer(directory, context=max_context(model.config))
+        return cls(model, tokenizer, name or str(directory), max_batch, max_queue)
 
     def run(self, inputs: dict, *, cancel: threading.Event | None = None,
             on_prefill: Callable[[int, int], None] | None = None):
@@ -66,8 +79,21 @@ class LLM:
         request = parse_inputs(inputs)
         prompt_ids = self.prompt_ids(request)
         check_prompt(self.model, prompt_ids)
-        chunks = self._chunks(prompt_ids, request.sampling, cancel, on_prefill)
+        seq = Sequence(self.model, prompt_ids, request.sampling, self.stop_ids, cancel, on_prefill)
+        chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
         return chunks if request.stream else join_chunks(chunks)
+
+    def fit_messages(self, messages: list[dict],
+                     max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
+        """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
+
+        Returns (the messages kept, how many were dropped); system messages and the last
+        turn always stay (text/context.py). An opt-in for front ends that keep a long
+        conversation going; ``run`` itself never truncates.
+        """
+        request = parse_inputs({"messages": messages, "max_tokens": max_tokens})  # checked as run checks them
+        room = max(1, max_context(self.model.config) - request.sampling.max_tokens)
+        return fit_messages(request.messages, lambda kept: len(self.tokenizer.encode_chat(kept)), room)
 
     def prompt_ids(self, request: Request) -> list[int]:
         """The prompt as token ids: messages and non-raw prompts go through the chat template."""
@@ -77,18 +103,17 @@ class LLM:
             return self.tokenizer.encode_raw(request.prompt)
         return self.tokenizer.encode_chat([{"role": "user", "content": request.prompt}])
 
-    def _chunks(self, prompt_ids: list[int], params: SamplingParams, cancel=None, on_prefill=None) -> Iterator[dict]:
+    def _chunks(self, n_prompt: int, tokens: TokenStream) -> Iterator[dict]:
         """Generated tokens -> text chunks; stop tokens count as output but add no text."""
         decoder = self.tokenizer.stream_decoder()
-        with closing(generate_tokens(self.model, prompt_ids, params, self.stop_ids, cancel, on_prefill)) as tokens:
+        with closing(tokens):
             for n, (token, reason) in enumerate(tokens, start=1):
                 text = "" if token in self.stop_ids else decoder.add(token)
                 if reason is None:
                     if text:
                         yield {"response": text}
                     continue
-                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                         "total_tokens": len(prompt_ids) + n}
+                usage = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
                 yield {"response": text + decoder.finish(), "usage": usage, "finish_reason": reason}
 
 
@@ -107,17 +132,28 @@ _LOADED: OrderedDict = OrderedDict()  # (model, device) -> LLM, most recently us
 KEEP_LOADED = 2
 
 
-def load(model: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> LLM:
+def load(model: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+         kv_dtype: str = "float16", kv_budget: int | str | None = None, max_batch: int | None = None,
+         max_queue: int | None = None) -> LLM:
     """Load ``model`` (a directory, HF repo id, Workers AI name, or None for the default; see hub.py) onto ``device``.
 
     ``threads``: CPU threads for the kernels; default the cores this process may use
     (``os.sched_getaffinity``). On a busy machine fewer can be faster.
+    ``kv_dtype``: "float16" (default: half the memory and bandwidth of attention) or "float32".
+    ``kv_budget``: the process-wide KV memory budget (bytes or a size such as "4GB"); None keeps
+    the current one (default: half the memory available). Requests wait for room within it.
+    ``max_batch``: the most sequences stepped together (default 16); ``max_queue``: the most
+    requests waiting for a place (default: no bound; beyond it run() raises QueueFull).
     """
-    get_backend(device)  # a bad device or thread count is an error before any file is touched
+    get_backend(device)  # bad arguments are errors before any file is touched
     resolve_threads(threads)
+    check_kv_dtype(kv_dtype)
+    check_bounds(max_batch, max_queue)
+    if kv_budget is not None:
+        KV_BUDGET.set_limit(kv_budget)
     directory, int8 = hub.resolve(model)
     name = hub.DEFAULT_NAME if model is None else str(model)
-    return LLM.from_directory(directory, name, device, int8, threads)
+    return LLM.from_directory(directory, name, device, int8, threads, kv_dtype, max_batch, max_queue)
 
 
 def run(model, inputs: dict, device: str = "cpu"):

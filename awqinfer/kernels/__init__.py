@@ -16,7 +16,7 @@ def drop_stale_cache(directory: Path) -> bool:
 
     Numba's ``cache=True`` keys each function on its own file only, but a compiled
     function carries the code of the kernels it calls from other files (decode.py's
-    ``decode_step`` calls awq.py, norm.py, ...). After such a file changes (a git pull,
+    ``decode_batch`` calls awq.py, norm.py, ...). After such a file changes (a git pull,
     an edit), the stale mix could be loaded and crash. A fingerprint of all sources,
     kept beside the cache, catches that. Returns True when the cache was dropped.
     """

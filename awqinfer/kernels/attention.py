@@ -1,16 +1,22 @@
-"""Causal grouped-query attention over a KV cache, and the cache write that feeds it."""
+"""Causal grouped-query attention over a KV cache, and the cache write that feeds it.
+
+The cache holds float32 or float16 elements (kv.py): they are written with ``kv_write``
+and read back as f32 with ``kv_read``; every sum runs in f32.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from .kv import kv_read, kv_write
 
-@njit(cache=True, nogil=True, fastmath=True)
+
+@njit(cache=True, fastmath=True, nogil=True)
 def store_kv(qkv, k_cache, v_cache, start, n_heads):
     """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
 
-    qkv (T, (n_heads + 2 KV) * D) f32; k_cache, v_cache (KV, S, D) f32; start, n_heads int.
+    qkv (T, (n_heads + 2 KV) * D) f32; k_cache, v_cache (KV, S, D) f32 or f16 bits; start, n_heads int.
     """
     n_tokens = qkv.shape[0]
     n_kv, _, dim = k_cache.shape
@@ -19,15 +25,15 @@ def store_kv(qkv, k_cache, v_cache, start, n_heads):
     for t in range(n_tokens):
         for h in range(n_kv):
             for i in range(dim):
-                k_cache[h, start + t, i] = qkv[t, k0 + h * dim + i]
-                v_cache[h, start + t, i] = qkv[t, v0 + h * dim + i]
+                k_cache[h, start + t, i] = kv_write(k_cache, qkv[t, k0 + h * dim + i])
+                v_cache[h, start + t, i] = kv_write(v_cache, qkv[t, v0 + h * dim + i])
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
 
-    qkv (T, (n_heads + 2 KV) * D) f32, q heads first; k_cache, v_cache (KV, S, D) f32
+    qkv (T, (n_heads + 2 KV) * D) f32, q heads first; k_cache, v_cache (KV, S, D) f32 or f16 bits
     holding positions 0..start+T-1; out (T, n_heads * D) f32. Query head h reads
     KV head h // (n_heads / KV); token t sees positions 0..start+t (causal).
     """
@@ -47,7 +53,7 @@ def attention(qkv, k_cache, v_cache, start, n_heads, out):
         for s in range(n_pos):
             acc = np.float32(0.0)
             for i in range(dim):
-                acc += q[i] * k_cache[kv, s, i]
+                acc += q[i] * kv_read(k_cache[kv, s, i])
             scores[s] = acc * scale
             best = max(best, scores[s])
         total = np.float32(0.0)
@@ -58,4 +64,4 @@ def attention(qkv, k_cache, v_cache, start, n_heads, out):
         for s in range(n_pos):
             p = scores[s] / total
             for i in range(dim):
-                o[i] += p * v_cache[kv, s, i]
+                o[i] += p * kv_read(v_cache[kv, s, i])

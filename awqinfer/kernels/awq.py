@@ -44,7 +44,7 @@ def repack_words(columns, pack_order, out):
 # --- kernels on the kernel layout --------------------------------------------
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def dequantize_rows(qweight, scales, szeros, out):
     """Kernel layout -> float32 weights: qweight (M, K/8) int32; scales, szeros (M, G) f32; out (M, K) f32."""
     n_out, n_words = qweight.shape
@@ -63,7 +63,7 @@ def dequantize_rows(qweight, scales, szeros, out):
                     dst[8 * j + i] = _nibble(w, 4 * i) * s - sz
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_prepare_input(x, xp, xsum):
     """Lay one token's input out for ``awq_rows``: xp[i, j] = x[8j + i], xsum[g] = sum of group g.
 
@@ -90,7 +90,7 @@ def _nibble(w, shift):
     return np.float32(np.int32(np.int32(w >> np.int32(shift)) & np.int32(15)))
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_rows(xp, xsum, qweight, scales, szeros, lo, hi, word_dots, out):
     """out[n] = x . W[n] for rows lo..hi-1, from awq_prepare_input's xp, xsum.
 
@@ -131,7 +131,7 @@ def awq_rows(xp, xsum, qweight, scales, szeros, lo, hi, word_dots, out):
         out[n] = acc
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def awq_matvec(xp, xsum, qweight, scales, szeros, word_dots, out):
     """awq_rows over all N rows, split into word_dots.shape[0] contiguous chunks run in parallel.
 
@@ -144,7 +144,7 @@ def awq_matvec(xp, xsum, qweight, scales, szeros, word_dots, out):
                  word_dots[c], out)
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_gemv(x, qweight, scales, szeros, out):
     """y = x @ W for one token, reading each packed weight once.
 
@@ -159,7 +159,7 @@ def awq_gemv(x, qweight, scales, szeros, out):
     awq_matvec(xp, xsum, qweight, scales, szeros, word_dots, out)
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def awq_gemm(x, qweight, scales, szeros, out):
     """Y = X @ W for a prompt: each tile of GEMM_TILE rows is dequantised once, then reused by every token.
 

@@ -1,20 +1,46 @@
-"""Dense float32 matmuls in the PyTorch ``nn.Linear`` layout (weight [N, K], y = x @ W.T)."""
+"""Dense float matmuls in the PyTorch ``nn.Linear`` layout (weight [N, K], y = x @ W.T).
+
+Weights are f32, or 16-bit floats kept as stored (IEEE half or bfloat16, as their uint16
+bits: Numba has no CPU float16) and widened to f32 inside the kernel, exactly, as they are
+read: a 16-bit lm_head costs half the memory and half the bytes per token of a widened one.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
+
+from .simd import f32_from_bits, half_to_f32
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def dense_gemv(x, weight, out):
-    """y = W x for one token. x (K,) f32; weight (N, K) f32; out (N,) f32."""
+def widen(value, bf16):
+    """One stored weight as f32: an f32 as it is; uint16 bits as bfloat16 if ``bf16``, else as IEEE half."""
+
+
+@overload(widen)
+def _widen(value, bf16):
+    if value == types.float32:
+        return lambda value, bf16: value
+    if value == types.uint16:
+        def from_bits(value, bf16):
+            if bf16:
+                return f32_from_bits(np.uint32(value) << np.uint32(16))
+            return half_to_f32(value)
+        return from_bits
+    return None
+
+
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def dense_gemv(x, weight, out, bf16=False):
+    """y = W x for one token. x (K,) f32; weight (N, K) f32, or 16-bit bits (uint16: bf16 if ``bf16``, else
+    f16); out (N,) f32."""
     n_out, k = weight.shape
     for n in prange(n_out):
         row = weight[n]
         acc = np.float32(0.0)
         for i in range(k):
-            acc += x[i] * row[i]
+            acc += x[i] * widen(row[i], bf16)
         out[n] = acc
 
 
@@ -22,7 +48,7 @@ GEMM_TILE = 64  # weight rows per parallel task of a prompt matmul (64 x K f32 s
 TOKEN_BLOCK = 64  # prompt tokens per pass over a tile, so the tokens' rows stay in L2 too
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def gemm_block(x, w, out):
     """out[t, n] = x[t] . w[n]: x (T, K) f32; w (M, K) f32; out (T, M) f32, any strides.
 
@@ -75,7 +101,7 @@ def gemm_block(x, w, out):
             out[t, n] = acc
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def dense_gemm(x, weight, out):
     """Y = X W^T for a prompt, in tiles of GEMM_TILE weight rows x TOKEN_BLOCK tokens.
 
@@ -89,3 +115,23 @@ def dense_gemm(x, weight, out):
         for t0 in range(0, n_tokens, TOKEN_BLOCK):
             t1 = min(n_tokens, t0 + TOKEN_BLOCK)
             gemm_block(x[t0:t1], weight[n0:n1], out[t0:t1, n0:n1])
+
+
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def half_gemm(x, bits, bf16, out):
+    """Y = X W^T for a prompt, W 16-bit: each tile of GEMM_TILE rows is widened once, then reused by every token.
+
+    x (T, K) f32; bits (N, K) uint16 (f16, or bf16 if ``bf16``); out (T, N) f32.
+    """
+    n_tokens, k = x.shape
+    n_out = bits.shape[0]
+    for j in prange((n_out + GEMM_TILE - 1) // GEMM_TILE):
+        n0 = j * GEMM_TILE
+        n1 = min(n_out, n0 + GEMM_TILE)
+        w = np.empty((n1 - n0, k), np.float32)  # one tile per task
+        for r in range(n1 - n0):
+            for i in range(k):
+                w[r, i] = widen(bits[n0 + r, i], bf16)
+        for t0 in range(0, n_tokens, TOKEN_BLOCK):
+            t1 = min(n_tokens, t0 + TOKEN_BLOCK)
+            gemm_block(x[t0:t1], w, out[t0:t1, n0:n1])

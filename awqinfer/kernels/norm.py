@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def rmsnorm(x, weight, eps, out):
     """x (T, H) f32; weight (H,) f32; eps float; out (T, H) f32 (may alias x)."""
     n_tokens, hidden = x.shape

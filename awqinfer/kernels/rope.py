@@ -9,7 +9,7 @@ from __future__ import annotations
 from numba import njit
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def apply_rope(qkv, cos, sin, n_rotated, head_dim):
     """Rotate the first ``n_rotated`` heads of each row in place (the q and k heads of a fused qkv).
 

@@ -81,7 +81,8 @@ def test_forward_on_device_equals_cpu(case, checkpoints, host_arrays_in_kernels)
     cuda_ops = get_backend("cuda")
     ops = replace(cuda_ops, to_device=counted("to_device", cuda_ops.to_device),
                   to_host=counted("to_host", cuda_ops.to_host))
-    cpu = Model(config, load_weights(Checkpoint(checkpoints[directory]), config, int8=int8), CPU)
+    cpu = Model(config, load_weights(Checkpoint(checkpoints[directory]), config, int8=int8), CPU,
+                kv_dtype="float32")  # device caches hold f32 keys and values
     gpu = Model(config, load_weights(Checkpoint(checkpoints[directory]), config, int8=int8), ops)
 
     w = gpu.weights

@@ -20,7 +20,7 @@ from numba import cuda
 from ...errors import DeviceError
 from ...kernels.cuda import activations, attention, awq, dense, int8, norm, rope
 from .backend import Backend
-from .linear import AwqLinear, DenseLinear, Int8Linear, Linear
+from .linear import AwqLinear, DenseLinear, HalfLinear, Int8Linear, Linear
 from .weights import ModelWeights, layers_of
 
 
@@ -118,8 +118,9 @@ def upload(weights: ModelWeights) -> ModelWeights:
     """
     stacks = {name: upload_linear(stack) for name, stack in weights.stacks.items()}
     norms = cuda.to_device(np.ascontiguousarray(weights.norms))
+    head = weights.lm_head.to_dense() if isinstance(weights.lm_head, HalfLinear) else weights.lm_head  # f32 on the GPU
     return replace(weights, layers=layers_of(stacks, norms), norm=cuda.to_device(np.ascontiguousarray(weights.norm)),
-                   lm_head=upload_linear(weights.lm_head), stacks=stacks, norms=norms)
+                   lm_head=upload_linear(head), stacks=stacks, norms=norms)
 
 
 def upload_linear(linear: Linear) -> DeviceLinear:

@@ -5,14 +5,16 @@
         -> RMSNorm -> lm_head -> logits
 
 A prompt goes through in one call (matrix kernels); each generated token then
-goes through alone (vector kernels). Both write their keys and values into the
-same KVCache, whose fill level is the position of the next token.
+goes through alone (vector kernels), or together with the new tokens of other
+sequences (``forward_batch``: one row per sequence, each with its own KVCache, whose
+fill level is the position of its next token). ``decoder_layer`` serves both: the rows
+of x come in segments, each belonging to one sequence's cache.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,97 +23,179 @@ from ...errors import InputError
 from ..checkpoint.config import ModelConfig
 from ..checkpoint.safetensors import Checkpoint
 from .backend import CPU, Backend
-from .cache import KVCache
+from .cache import KV_DTYPES, KVCache, bytes_per_position, check_kv_dtype
 from .device import get_backend
-from .fast_decode import DecodeState, decode_one_token
+from .fast_decode import DecodeState, decode_tokens
 from .rope import cos_sin
-from .threads import resolve_threads, use_threads
+from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
 
 
 class Model:
     """A loaded model: its config, its weights (on the backend's device), and ``forward``."""
 
-    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend = CPU, threads: int | None = None):
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend = CPU, threads: int | None = None,
+                 kv_dtype: str = "float16"):
         self.config = config
         self.backend = backend
         self.weights = backend.upload(weights)
-        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels (threads.py)
-        self.fast = True  # single CPU tokens through decode_one_token; False: always the readable forward
-        self.fast_lm_head_int8 = False  # True: decode_one_token screens logits with an int8 lm_head copy
+        self.threads = resolve_threads(threads)  # CPU threads of the parallel kernels: at most this many
+        self.thread_chooser = ThreadChooser(self.threads) if threads is None else None  # None: always self.threads
+        self.kv_dtype = kv_dtype  # how caches store keys and values (cache.py): "float16" or "float32"
+        self.fast = True  # single CPU tokens through decode_tokens; False: always the readable forward
+        self.fast_lm_head_int8 = True  # decode_tokens screens logits with an int8 lm_head (False: every logit exact)
         self._decode_state = None  # built on first use; False when the weights do not allow it
         self._decode_lock = threading.Lock()
-        self._kv_bytes = 0  # bytes of this model's live KV caches (new_cache adds, garbage collection subtracts)
-        self._kv_lock = threading.RLock()  # re-entrant: a collection may run a release inside the lock
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None) -> "Model":
+    def load(cls, directory: str | Path, device: str = "cpu", int8: bool = False, threads: int | None = None,
+             kv_dtype: str = "float16") -> "Model":
         """Load config.json and the safetensors weights of a checkpoint directory.
 
         ``int8``: quantize float projections to int8 weight-only as they are read.
         ``threads``: CPU threads for the kernels (default: the cores this process may use).
+        ``kv_dtype``: "float16" (default, half the KV memory) or "float32" keys and values.
         """
         backend = get_backend(device)
-        threads = resolve_threads(threads)  # a bad value is an error before any file is read
+        resolve_threads(threads)  # bad values are errors before any file is read
+        check_kv_dtype(kv_dtype)
         config = ModelConfig.load(directory)
-        return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads)
-
-    def new_cache(self, max_tokens: int) -> KVCache:
-        """An empty KV cache for one sequence of up to ``max_tokens`` positions."""
-        cache = KVCache(self.config, max_tokens, self.backend.zeros)
-        self._count_kv(cache.nbytes)
-        weakref.finalize(cache, self._count_kv, -cache.nbytes)  # when the cache is freed
-        return cache
+        return cls(config, load_weights(Checkpoint(directory), config, int8=int8), backend, threads, kv_dtype)
 
     @property
-    def kv_cache_bytes(self) -> int:
-        """Bytes held by this model's KV caches that are still alive (a server's metrics report it)."""
-        return self._kv_bytes
+    def kv_bytes_per_position(self) -> int:
+        """KV memory one position of a sequence takes in this model's caches."""
+        return bytes_per_position(self.config, KV_DTYPES[self.kv_dtype] if self.backend is CPU else np.float32)
 
-    def _count_kv(self, delta: int) -> None:
-        with self._kv_lock:
-            self._kv_bytes += delta
+    def new_cache(self, max_tokens: int, wait: bool = False) -> KVCache:
+        """An empty KV cache for one sequence of up to ``max_tokens`` positions.
+
+        It reserves its worst case in the process's KV budget (kv_budget.py): with ``wait``
+        it waits for room, else a full budget is an InputError. Memory grows as it fills.
+        """
+        device_zeros = None if self.backend is CPU else self.backend.zeros
+        return KVCache(self.config, max_tokens, self.kv_dtype, device_zeros, wait=wait)
 
     def forward(self, ids, cache: KVCache, last_only: bool = False, fast: bool | None = None) -> np.ndarray:
         """Run ``ids`` (positions cache.pos..) through the model; return f32 logits (len(ids), vocab).
 
         With ``last_only`` only the last position's logits are computed (1, vocab):
         what generation needs, without a prompt-sized lm_head matmul. A single token
-        on the CPU goes through the compiled ``decode_one_token`` (fast_decode.py)
-        unless ``fast`` (default: ``self.fast``) is False; the code below is the reference.
+        on the CPU goes through the compiled step (fast_decode.py) unless ``fast``
+        (default: ``self.fast``) is False; the code below is the reference.
         """
         ids = self._check(ids, cache)
-        use_threads(self.threads)
-        if len(ids) == 1 and (self.fast if fast is None else fast) and self._fast_state():
+        if len(ids) == 1:
+            return self.forward_batch(ids, [cache], fast)
+        use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
+        cache.ensure(cache.pos + len(ids))
+        x = self._layers(ids, [(cache, cache.pos, slice(None))], cos_sin(*self._rope, cache.pos, len(ids)))
+        cache.pos += len(ids)
+        return self._logits(x[-1:] if last_only else x)
+
+    def forward_batch(self, tokens, caches: list[KVCache], fast: bool | None = None) -> np.ndarray:
+        """One new token for each of B sequences: token b at position caches[b].pos. Logits (B, vocab) f32.
+
+        Decode on a CPU is bound by reading the weights, so the sequences share one read of
+        them; each attends over its own cache. On the CPU this is one compiled call
+        (fast_decode.py) unless ``fast`` (default: ``self.fast``) is False.
+        """
+        tokens = self._check_batch(tokens, caches)
+        for cache in caches:
+            cache.ensure(cache.pos + 1)
+        if (self.fast if fast is None else fast) and self._fast_state():
             with self._decode_lock:  # its scratch buffers serve one call at a time
-                return decode_one_token(self._decode_state, int(ids[0]), cache)
+                return self._decode_timed(tokens, caches)
+        use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
+        angles = [cos_sin(*self._rope, cache.pos, 1) for cache in caches]
+        cos, sin = np.concatenate([a[0] for a in angles]), np.concatenate([a[1] for a in angles])  # (B, D/2)
+        x = self._layers(tokens, [(cache, cache.pos, slice(b, b + 1)) for b, cache in enumerate(caches)], (cos, sin))
+        for cache in caches:
+            cache.pos += 1
+        return self._logits(x)
+
+    def forget_caches(self) -> None:
+        """Let go of the compiled step's references to the last batch's caches (a scheduler retiring them)."""
+        if self._decode_state:
+            with self._decode_lock:
+                self._decode_state.forget_caches()
+
+    @property
+    def _rope(self) -> tuple:
+        c = self.config
+        return c.rope, c.head_dim, c.max_position_embeddings
+
+    def _layers(self, ids: np.ndarray, segments: list, angles: tuple) -> np.ndarray:
+        """The residual stream (T, H) of ``ids`` after every decoder layer; segments: (cache, start, rows)."""
         c, w, ops = self.config, self.weights, self.backend
-        start = cache.pos
-        cos, sin = (ops.to_device(a) for a in cos_sin(c.rope, c.head_dim, c.max_position_embeddings, start, len(ids)))
+        cos, sin = (ops.to_device(a) for a in angles)
         x = ops.to_device(w.embed(ids))  # (T, H), the residual stream
         for l, layer in enumerate(w.layers):
-            decoder_layer(ops, c, layer, x, cache.k[l], cache.v[l], start, cos, sin)
-        cache.pos += len(ids)
-        if last_only:
-            x = x[-1:]
+            decoder_layer(ops, c, layer, x, [(cache.k[l], cache.v[l], start, rows) for cache, start, rows in segments],
+                          cos, sin)
+        return x
+
+    def _logits(self, x) -> np.ndarray:
+        """Final RMSNorm and lm_head of the residual rows x (T, H): logits (T, vocab) f32 on the host."""
+        c, w, ops = self.config, self.weights, self.backend
         h = ops.empty(x.shape)
         ops.rmsnorm(x, w.norm, c.rms_norm_eps, h)
         return ops.to_host(w.lm_head(h))
 
+    def _decode_timed(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+        """The compiled step with the thread count the chooser asks for (or the fixed one), its time reported back."""
+        chooser = self.thread_chooser
+        if chooser is None:
+            use_threads(self.threads)
+            return decode_tokens(self._decode_state, tokens, caches)
+        threads = chooser.next(len(tokens))
+        use_threads(threads)
+        start = time.perf_counter()
+        logits = decode_tokens(self._decode_state, tokens, caches)
+        chooser.record(threads, time.perf_counter() - start)
+        return logits
+
     def _fast_state(self) -> bool:
-        """Whether decode_one_token can run this model (CPU, stackable AWQ/dense weights)."""
+        """Whether decode_tokens can run this model (CPU, stackable AWQ/dense weights)."""
         state = self._decode_state
         if state is None or (state and state.lm_head_int8 != self.fast_lm_head_int8):
             ok = self.backend is CPU and DecodeState.build(self.config, self.weights, self.fast_lm_head_int8)
             self._decode_state = ok or False
         return self._decode_state is not False
 
-    def _check(self, ids, cache: KVCache) -> np.ndarray:
-        """Validate ids and cache before any kernel runs (Numba does not check bounds)."""
+    def _check_cache(self, cache) -> None:
         c = self.config
         if not isinstance(cache, KVCache) or cache.k.shape[0] != c.num_hidden_layers or \
-                cache.k.shape[1:2] + cache.k.shape[3:] != (c.num_key_value_heads, c.head_dim):
+                cache.k.shape[1:2] + cache.k.shape[3:] != (c.num_key_value_heads, c.head_dim) or \
+                (self.backend is CPU and cache.k.dtype != KV_DTYPES[self.kv_dtype]):
             raise InputError("cache must be a KVCache made by this model's new_cache()")
+
+    def _check_batch(self, tokens, caches) -> np.ndarray:
+        """Validate a batch (one token per cache, distinct caches, each with room) before any kernel runs."""
+        if not isinstance(caches, (list, tuple)) or not caches:
+            raise InputError("caches must be a non-empty list of KVCaches, one per token")
+        ids = np.asarray(tokens)
+        if ids.shape != (len(caches),):
+            raise InputError(f"tokens must be one id per cache: got shape {ids.shape} for {len(caches)} caches")
+        if len({id(cache) for cache in caches}) != len(caches):
+            raise InputError("each sequence of a batch needs its own KVCache (a cache appears twice)")
+        for cache in caches:
+            self._check(ids[:1], cache)
+        return self._check_ids(ids)
+
+    def _check(self, ids, cache: KVCache) -> np.ndarray:
+        """Validate ids and cache before any kernel runs (Numba does not check bounds)."""
+        self._check_cache(cache)
+        arr = self._check_ids(ids)
+        if len(arr) > cache.free:
+            raise InputError(
+                f"{len(arr)} tokens do not fit in the KV cache: {cache.pos} of {cache.capacity} positions are used"
+            )
+        return arr
+
+    def _check_ids(self, ids) -> np.ndarray:
+        """ids as int64 (T,), each in the vocabulary; else an InputError naming the problem."""
+        c = self.config
         arr = np.asarray(ids)
         if arr.ndim != 1 or arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == object):
             raise InputError(f"ids must be a non-empty 1-D sequence of integers, got {_describe(ids)}")
@@ -121,10 +205,6 @@ class Model:
         bad = (arr < 0) | (arr >= c.vocab_size)
         if bad.any():
             raise InputError(f"token id {int(arr[bad][0])} is outside the vocabulary 0..{c.vocab_size - 1}")
-        if len(arr) > cache.free:
-            raise InputError(
-                f"{len(arr)} tokens do not fit in the KV cache: {cache.pos} of {cache.capacity} positions are used"
-            )
         return arr
 
 
@@ -133,13 +213,16 @@ def _describe(value) -> str:
     return f"{type(value).__name__} of shape {arr.shape} and dtype {arr.dtype}"
 
 
-def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, k_cache, v_cache, start: int,
-                  cos, sin, observe=None) -> None:
+def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, segments: list, cos, sin,
+                  observe=None) -> None:
     """One decoder layer, updating the residual stream x (T, H) in place.
 
-    k_cache, v_cache (KV, S, D): this layer's cache; the new tokens sit at start..start+T-1.
-    ``observe(name, input)``, if given, sees the input of each linear ('qkv', 'o_proj',
-    'gate_up', 'down_proj') before it is applied: the quantizer calibrates on these.
+    segments: which rows of x belong to which sequence, as (k_cache, v_cache, start, rows):
+    that sequence's cache of this layer (KV, S, D), where its rows' positions start, and
+    the slice of rows. A prompt is one segment of T rows; a decode batch, B segments of one
+    row. cos, sin (T, D/2): each row's rotary angles. ``observe(name, input)``, if given,
+    sees the input of each linear ('qkv', 'o_proj', 'gate_up', 'down_proj') before it is
+    applied: the quantizer calibrates on these.
     """
     T = x.shape[0]
     h = ops.empty(x.shape)
@@ -149,9 +232,10 @@ def decoder_layer(ops: Backend, c: ModelConfig, layer: LayerWeights, x, k_cache,
         observe("qkv", h)
     qkv = layer.qkv(h)  # (T, (n_heads + 2 n_kv) D): q heads, then k heads, then v heads
     ops.apply_rope(qkv, cos, sin, c.num_attention_heads + c.num_key_value_heads, c.head_dim)
-    ops.store_kv(qkv, k_cache, v_cache, start, c.num_attention_heads)
     attn = ops.empty((T, c.q_size))
-    ops.attention(qkv, k_cache, v_cache, start, c.num_attention_heads, attn)
+    for k_cache, v_cache, start, rows in segments:  # each sequence writes and reads its own cache
+        ops.store_kv(qkv[rows], k_cache, v_cache, start, c.num_attention_heads)
+        ops.attention(qkv[rows], k_cache, v_cache, start, c.num_attention_heads, attn[rows])
     if observe:
         observe("o_proj", attn)
     ops.add_(x, layer.o_proj(attn))

@@ -1,6 +1,8 @@
 """Linear layers as drop-in objects: ``y = linear(x)`` whatever the weight format.
 
     DenseLinear   float weights, widened to f32 at load (Numba has no CPU float16)
+    HalfLinear    f16/bf16 weights kept as stored (memory-mapped), widened inside the kernels:
+                  the lm_head, the largest matrix of a small model, at half the bytes
     AwqLinear     AWQ 4-bit, repacked at load from AutoAWQ's layout into the kernels' own
     Int8Linear    int8 weight-only, one scale per output channel, quantized at load
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from ...kernels.awq import awq_gemm, awq_gemv, repack_words
-from ...kernels.dense import dense_gemm, dense_gemv
+from ...kernels.dense import dense_gemm, dense_gemv, half_gemm
 from ...kernels.int8 import INT8_MAX, int8_gemm, int8_gemv
 from ..checkpoint.awq_layout import AWQ_PACK_ORDER, unpack_awq
 from ..checkpoint.safetensors import widen
@@ -49,8 +51,8 @@ class Linear:
 
     def layer(self, l: int) -> "Linear":
         """Layer ``l`` of a stacked Linear (every array (n_layers, ...)): the same class over views."""
-        return replace(self, **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[l]
-                                for f in fields(self)})
+        return replace(self, **{f.name: getattr(self, f.name)[l] for f in fields(self)
+                                if hasattr(getattr(self, f.name), "shape")})
 
 
 @dataclass
@@ -68,6 +70,33 @@ class DenseLinear(Linear):
 
     def gemm(self, x, out):
         dense_gemm(x, self.weight, out)
+
+
+@dataclass
+class HalfLinear(Linear):
+    """16-bit float weights in nn.Linear's layout, as the checkpoint stores them; the kernels widen them exactly."""
+
+    bits: np.ndarray  # (N, K) uint16: IEEE half, or bfloat16 if bf16
+    bf16: bool = False
+    bias: np.ndarray | None = None  # (N,) f32
+
+    out_features = property(lambda self: self.bits.shape[0])
+    in_features = property(lambda self: self.bits.shape[1])
+
+    def gemv(self, x, out):
+        dense_gemv(x, self.bits, out, self.bf16)
+
+    def gemm(self, x, out):
+        half_gemm(x, self.bits, self.bf16, out)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 widened to a new f32 array (hi - lo, K)."""
+        raw = self.bits[lo:hi]
+        return widen(raw if self.bf16 else raw.view(np.float16), self.bf16)
+
+    def to_dense(self) -> DenseLinear:
+        """The same weights as a DenseLinear (f32, twice the memory): for backends without 16-bit kernels."""
+        return DenseLinear(self.rows(0, self.out_features), self.bias)
 
 
 @dataclass
@@ -117,9 +146,20 @@ class Embedding:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         return widen(self.table[ids], self.bf16)
 
-    def to_float32(self) -> np.ndarray:
-        """The whole table as f32 (V, H), for a tied lm_head."""
-        return widen(self.table, self.bf16)
+    def as_linear(self) -> DenseLinear | HalfLinear:
+        """The table as a tied lm_head (``stored_linear``)."""
+        return stored_linear(self.table, self.bf16)
+
+
+def stored_linear(raw: np.ndarray, bf16: bool = False) -> DenseLinear | HalfLinear:
+    """A float weight (N, K) as stored (f32, f16, or bf16 bits as uint16) -> a Linear without widening 16 bits.
+
+    16-bit weights become a HalfLinear over the same memory (a memory-mapped file stays mapped);
+    anything else a DenseLinear of f32.
+    """
+    if bf16 or raw.dtype == np.float16:
+        return HalfLinear(raw.view(np.uint16), bf16)
+    return DenseLinear(widen(raw))
 
 
 def awq_to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:

@@ -5,15 +5,20 @@ Numba's parallel kernels run on one pool whose size is fixed when numba is impor
 per calling thread, with ``numba.set_num_threads``: Model.forward applies its own choice on
 every call, so a model keeps its setting whichever thread (a CLI, a server's worker) runs it.
 
-The default is the cores this process may run on (``os.sched_getaffinity``, which a
-container, ``taskset`` or a Ray replica narrows), not the machine's count. On a busy machine
-fewer threads can be much faster: a 2-thread step stalls whenever another process holds a
-core (docs/PERFORMANCE.md, item 7).
+The most it uses by default is the cores this process may run on (``os.sched_getaffinity``,
+which a container, ``taskset`` or a Ray replica narrows), not the machine's count. On a busy
+machine fewer threads can be much faster: a decode step synchronises its threads ~150 times,
+and a 2-thread step stalls whenever another process holds a core (docs/PERFORMANCE.md,
+item 7; measured: llama.cpp 44 tokens/s with 2 threads beside one busy process, 100 with 1).
+So with no explicit count a model does not fix one: a ``ThreadChooser`` times its decode
+steps and keeps the fastest count, re-measuring every so often as the machine's load changes.
+An explicit ``threads=N`` is always obeyed.
 """
 
 from __future__ import annotations
 
 import os
+from statistics import median
 
 import numba
 
@@ -48,3 +53,51 @@ def use_threads(threads: int) -> None:
     """Make the calling thread's parallel kernels use ``threads`` threads (cheap when unchanged)."""
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
+
+
+class ThreadChooser:
+    """The thread count for the next decode step, chosen by timing steps: the fastest candidate wins.
+
+    Candidates are ``most`` threads and 1 (and ``most // 2`` on larger machines). Every
+    EXPLORE_EVERY steps a round times TRIALS steps of each candidate, interleaved so that the
+    load and the context length change alike for all; until the next round the candidate with
+    the lowest median step time is used. Costs a few percent when the choice is clear, and
+    follows the machine when another process starts or stops competing for the cores.
+    """
+
+    EXPLORE_EVERY = 64  # decode steps between two measuring rounds
+    TRIALS = 3  # timed steps per candidate in a round
+
+    def __init__(self, most: int):
+        self.candidates = sorted({most, 1} | ({most // 2} if most >= 4 else set()), reverse=True)
+        self.best = most  # until measured: every core
+        self._plan: list[int] = []  # the round's remaining steps
+        self._times: dict[int, list[float]] = {}
+        self._since_round = self.EXPLORE_EVERY  # the first steps start a round
+        self._batch = 1  # the batch size of the round's steps
+
+    def next(self, batch: int = 1) -> int:
+        """Threads for the next decode step of ``batch`` sequences (pass its time to ``record``).
+
+        Steps of different batch sizes take different times, so a round whose batch size changes
+        starts again: its candidates are compared on equal work.
+        """
+        if self._plan and batch != self._batch:
+            self._plan = []
+            self._since_round = self.EXPLORE_EVERY
+        if not self._plan and self._since_round >= self.EXPLORE_EVERY and len(self.candidates) > 1:
+            self._plan = self.candidates * self.TRIALS
+            self._times = {n: [] for n in self.candidates}
+            self._since_round = 0
+            self._batch = batch
+        return self._plan[0] if self._plan else self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        """The step run with ``threads`` (as ``next`` said) took ``seconds``."""
+        self._since_round += 1
+        if not self._plan or self._plan[0] != threads:
+            return
+        self._plan.pop(0)
+        self._times[threads].append(seconds)
+        if not self._plan:
+            self.best = min(self.candidates, key=lambda n: median(self._times[n]))

@@ -183,5 +183,5 @@ class AwqCalibration:
 
             k_cache = np.zeros((c.num_key_value_heads, t, c.head_dim), np.float32)
             v_cache = np.zeros_like(k_cache)
-            decoder_layer(CPU, c, layer, self.x[i], k_cache, v_cache, 0, self.cos, self.sin, observe)
+            decoder_layer(CPU, c, layer, self.x[i], [(k_cache, v_cache, 0, slice(None))], self.cos, self.sin, observe)
         return inputs

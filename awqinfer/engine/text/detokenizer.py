@@ -10,8 +10,9 @@ class StreamDecoder:
     the text ends in U+FFFD: then a multi-byte character is still incomplete (a byte
     fallback token, or a byte-level token holding part of a character) and is held
     back until it completes. Text is also held while the last token (skipped special
-    tokens aside) is a byte-fallback token <0xNN>: tokenizers decodes a run of them as
-    one byte string (special tokens in between do not end it), and if a later
+    tokens and ids past the vocabulary aside) is a byte-fallback token <0xNN>: tokenizers
+    decodes a run of them as one byte string (tokens that decode to nothing in between do
+    not end it), and if a later
     byte makes the run invalid UTF-8 the whole run turns into U+FFFD, so the run is only
     final once a non-byte token closes it. Decoding the whole sequence, not token by
     token, keeps the spaces that SentencePiece ("▁") and byte-level ("Ġ") tokens carry.
@@ -33,8 +34,10 @@ class StreamDecoder:
         """Append one token; return the text it completes ('' while a character is incomplete)."""
         self._ids.append(int(token_id))
         tok = self._tokenizer
-        if next((i for i in reversed(self._ids) if i not in tok.special_ids), None) in tok.byte_fallback_ids:
-            return ""  # a byte run is open (skipped special tokens do not close it)
+        size = tok.vocab_size  # ids past the tokenizer's vocabulary (a model's padded rows) decode to nothing
+        last = next((i for i in reversed(self._ids) if i not in tok.special_ids and i < size), None)
+        if last in tok.byte_fallback_ids:
+            return ""  # a byte run is open (skipped special tokens and unknown ids do not close it)
         text = self._tokenizer.decode(self._ids)
         if text.endswith("\ufffd"):
             return ""

@@ -8,7 +8,8 @@ elsewhere (engine/llm.py); this layer only knows ids.
 The prompt goes through in chunks of PREFILL_CHUNK tokens, so a front end can show
 progress (``on_prefill(done, total)``) and a ``cancel`` event (a closed connection, a
 Ctrl-C) takes effect between chunks and between decode steps, also during a long
-prompt; a cancelled generation simply ends.
+prompt; a cancelled generation simply ends. A ``Sequence`` holds one generation's
+state; ``generate_tokens`` runs one alone, scheduler.py runs many together.
 """
 
 from __future__ import annotations
@@ -40,48 +41,89 @@ def check_prompt(model: Model, prompt_ids: list[int]) -> None:
         raise InputError(f"prompt: token id {bad[0]} is outside the model's vocabulary 0..{vocab - 1}")
 
 
-def prefill(model: Model, cache: KVCache, prompt_ids: list[int], cancel: threading.Event | None = None,
-            on_prefill: Callable[[int, int], None] | None = None) -> np.ndarray | None:
-    """Run the prompt in chunks; return the logits (vocab,) for the first new token (None if cancelled)."""
-    logits = None
-    for start in range(0, len(prompt_ids), PREFILL_CHUNK):
-        if cancel is not None and cancel.is_set():
-            return None
-        logits = model.forward(prompt_ids[start:start + PREFILL_CHUNK], cache, last_only=True)[0]
-        if on_prefill is not None:
-            on_prefill(min(start + PREFILL_CHUNK, len(prompt_ids)), len(prompt_ids))
-    return logits
+class Sequence:
+    """One generation's state: prompt, sampling (params, RNG, penalty history), KV cache, progress.
 
+    The steps are the same whether a sequence runs alone (``generate_tokens``) or batched with
+    others (scheduler.py): ``start`` makes the cache, ``prefill_chunk`` feeds the prompt a
+    chunk at a time, ``sample`` draws the next token from ``logits`` and says whether it is the
+    last, and whoever runs the model puts the next logits back into ``logits``.
+    """
 
-def decode_token(model: Model, cache: KVCache, token: int) -> np.ndarray:
-    """Feed one generated token; return the logits (vocab,) for the next."""
-    return model.forward([token], cache, last_only=True)[0]
+    def __init__(self, model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
+                 cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None):
+        self.model, self.prompt_ids, self.params, self.stop_ids = model, list(prompt_ids), params, stop_ids
+        self.cancel = cancel or threading.Event()
+        self.on_prefill = on_prefill
+        # the cache holds the prompt and every token but the last (never fed back), capped at the context
+        self.capacity = min(len(self.prompt_ids) + params.max_tokens - 1, max_context(model.config))
+        self.cache: KVCache | None = None
+        self.prefilled = 0  # prompt tokens already in the cache
+        self.logits: np.ndarray | None = None  # (vocab,) for the next token
+        self.generated = 0
+        self.history = History(model.config.vocab_size, self.prompt_ids)
+        self.rng = np.random.default_rng(params.seed)
+
+    @property
+    def kv_bytes(self) -> int:
+        """What this sequence reserves in the KV budget: its largest length's keys and values."""
+        return self.capacity * self.model.kv_bytes_per_position
+
+    def start(self) -> None:
+        """Make the KV cache, reserving kv_bytes in the KV budget (an InputError if there is no room now)."""
+        self.cache = self.model.new_cache(self.capacity)
+
+    @property
+    def reading_prompt(self) -> bool:
+        """Whether part of the prompt has still to go through the model."""
+        return self.prefilled < len(self.prompt_ids)
+
+    def prefill_chunk(self) -> bool:
+        """Feed the next PREFILL_CHUNK prompt tokens; True once the whole prompt is in (logits set)."""
+        chunk = self.prompt_ids[self.prefilled:self.prefilled + PREFILL_CHUNK]
+        self.logits = self.model.forward(chunk, self.cache, last_only=True)[0]
+        self.prefilled += len(chunk)
+        if self.on_prefill is not None:
+            self.on_prefill(self.prefilled, len(self.prompt_ids))
+        return not self.reading_prompt
+
+    def sample(self) -> tuple[int, str | None]:
+        """The next token from ``logits``, and "stop", "length" or None (more to come)."""
+        token = next_token(self.logits, self.history, self.params, self.rng)
+        self.generated += 1
+        self.logits = None
+        if token in self.stop_ids:
+            return token, "stop"
+        if self.generated == self.params.max_tokens or self.cache.free == 0:
+            return token, "length"
+        self.history.add(token)
+        return token, None
+
+    def close(self) -> None:
+        """Free the cache now (its memory and its budget reservation)."""
+        if self.cache is not None:
+            self.cache.close()
 
 
 def generate_tokens(model: Model, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                     cancel: threading.Event | None = None,
                     on_prefill: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, str | None]]:
-    """Yield generated tokens with their finish reason (None until the last one); see the module docstring.
+    """Yield generated tokens with their finish reason (None until the last one): one sequence alone.
 
-    The cache holds the prompt and every token but the last (which is never fed back),
-    capped at the model's context. ``params.seed`` seeds the one random generator of
-    the run. Closing the generator early frees the cache with it. The caller has checked the
-    prompt (``check_prompt``); ``Model.forward`` checks ids and cache again before any kernel.
+    The readable generation loop; the scheduler runs the same Sequence steps for many sequences
+    at once. The caller has checked the prompt (``check_prompt``); ``Model.forward`` checks ids
+    and cache again before any kernel. Closing the generator early frees the cache with it.
     """
-    cache = model.new_cache(min(len(prompt_ids) + params.max_tokens - 1, max_context(model.config)))
-    history = History(model.config.vocab_size, prompt_ids)
-    rng = np.random.default_rng(params.seed)
-    logits = prefill(model, cache, prompt_ids, cancel, on_prefill)
-    for n in range(1, params.max_tokens + 1):
-        if logits is None or (cancel is not None and cancel.is_set()):
-            return
-        token = next_token(logits, history, params, rng)
-        if token in stop_ids:
-            yield token, "stop"
-            return
-        if n == params.max_tokens or cache.free == 0:
-            yield token, "length"
-            return
-        yield token, None
-        history.add(token)
-        logits = decode_token(model, cache, token)
+    seq = Sequence(model, prompt_ids, params, stop_ids, cancel, on_prefill)
+    seq.start()
+    try:
+        while not seq.cancel.is_set() and not seq.prefill_chunk():
+            pass
+        while not seq.cancel.is_set():
+            token, reason = seq.sample()
+            yield token, reason
+            if reason is not None:
+                return
+            seq.logits = model.forward([token], seq.cache, last_only=True)[0]
+    finally:
+        seq.close()

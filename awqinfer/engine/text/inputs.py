@@ -9,7 +9,7 @@ The schema (see the seed model pages) is a oneOf of two objects:
 
 Anything else is an InputError that names the field, the value and what is
 allowed: an unknown key, a wrong type (a bool is not a number), NaN or inf, a
-value out of range, both or neither of prompt/messages, ``raw`` with messages.
+value out of range, both or neither of prompt/messages, no messages, ``raw`` with messages.
 ``lora``, ``tools``, ``functions`` and ``image`` are in the schema but not yet
 implemented, so they are refused by name rather than silently ignored.
 """
@@ -91,6 +91,8 @@ def _text(field: str, value, minimum: int = 0) -> str:
 def _messages(value) -> tuple[dict, ...]:
     if not isinstance(value, list):
         raise InputError(f"messages: got {describe_value(value)}; allowed: an array of {{role, content}} objects")
+    if not value:  # a bare chat template is no conversation: there is nothing to answer
+        raise InputError("messages: got an empty array; allowed: at least one {role, content} object")
     out = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"

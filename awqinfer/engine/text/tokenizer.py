@@ -2,7 +2,8 @@
 
 Besides encode/decode it renders the checkpoint's chat template (chat_template.py)
 as Hugging Face's ``apply_chat_template`` does, with the special tokens (``bos_token``,
-``eos_token``, ...) as variables and ``add_generation_prompt``. The rendered text is
+``eos_token``, ...) as variables and ``add_generation_prompt``, under limits sized to the
+model's context (template_limits.py: the context's tokens x the longest token). The rendered text is
 encoded without adding special tokens, because the template already writes the BOS
 where the model wants it. ``stream_decoder()`` gives the incremental detokenizer
 (detokenizer.py) used for streaming.
@@ -13,12 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jinja2
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ...errors import CheckpointError, InputError
-from .chat_template import PLAIN_CHAT_TEMPLATE, compile_template, template_source
+from .chat_template import ChatTemplate, template_source
 from .detokenizer import StreamDecoder
+from .template_limits import RenderLimits
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # passed to templates when set
 
@@ -26,7 +27,9 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # passed 
 class Tokenizer:
     """encode/decode for one checkpoint, its special tokens and its chat template."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, context: int | None = None):
+        """Read ``directory``'s tokenizer; ``context``: the model's context in tokens, which bounds what its
+        chat template may render (None: RenderLimits' default)."""
         directory = Path(directory)
         path = directory / "tokenizer.json"
         if not path.is_file():
@@ -48,7 +51,9 @@ class Tokenizer:
                                            if i is not None)
         source, origin = template_source(directory, self.config)
         self.has_chat_template = source is not None
-        self._template = compile_template(source or PLAIN_CHAT_TEMPLATE, origin)
+        longest = max(map(len, self._tok.get_vocab(with_added_tokens=True)), default=1)
+        limits = RenderLimits() if context is None else RenderLimits.for_context(context, longest)
+        self.chat_template = ChatTemplate(source, origin, limits)
 
     @property
     def vocab_size(self) -> int:
@@ -74,18 +79,20 @@ class Tokenizer:
         token_id = self.token_to_id(eos) if eos is not None else None
         return frozenset() if token_id is None else frozenset([token_id])
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
-        """Render ``messages`` ({role, content} dicts) with the checkpoint's chat template.
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tools=None, documents=None) -> str:
+        """Render ``messages`` ({role, content} dicts) with the checkpoint's chat template, as HF does.
 
-        Template errors caused by the conversation (``raise_exception`` in the template,
-        say roles that do not alternate) become an InputError with the template's message.
+        ``tools`` (JSON-schema function descriptions) and ``documents`` are passed to the template
+        as HF passes them. A template that refuses the conversation (its ``raise_exception``, say
+        roles that do not alternate) raises TemplateInputError, an InputError; one that breaks
+        its limits or sandbox, TemplateCheckpointError (chat_template.py).
         """
         try:
-            return self._template.render(
-                messages=[dict(m) for m in messages], tools=None, documents=None,
-                add_generation_prompt=add_generation_prompt, **self.special_tokens)
-        except (jinja2.TemplateError, TypeError, ValueError) as e:
-            raise InputError(f"messages: the model's chat template rejects this conversation: {e}") from None
+            messages = [dict(m) for m in messages]
+        except (TypeError, ValueError):
+            raise InputError("messages: expected a list of {role, content} objects") from None
+        return self.chat_template.render(messages=messages, tools=tools, documents=documents,
+                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
 
     def encode_chat(self, messages) -> list[int]:
         """Messages -> prompt ids: the rendered template, encoded without adding a second BOS (as HF does)."""

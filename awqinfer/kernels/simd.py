@@ -1,0 +1,243 @@
+"""256-bit integer SIMD as Numba values: what the integer-dot kernels (kernels/qdot.py) are written in.
+
+Why this exists. A 4-bit GEMV on one core is bound by unpacking arithmetic, not memory
+(docs/PERFORMANCE.md, 4-bit GEMV item 6). The remedy llama.cpp uses is an integer dot
+product: activations quantized to int8, weights multiplied as bytes. LLVM never emits
+x86's byte multiply-add ``vpmaddubsw`` from plain loops (its saturation has no plain
+equivalent), so these few operations are written as LLVM IR through
+``numba.extending.intrinsic``, still pure Python, compiled with the calling kernel:
+
+    load_bytes(a, offset) -> U8x32      32 bytes of any C-contiguous array, from a byte offset
+    nibbles(v) -> (lo, hi)              each byte's low and high 4 bits, as bytes 0..15
+    madd_u8s8(u, s) -> I16x16           vpmaddubsw: u8 x s8, adjacent pairs summed (saturating)
+    add_i16(a, b), add_i32(a, b)        lane-wise sums
+    madd_pairs(v) -> I32x8              vpmaddwd with ones: adjacent i16 pairs summed to i32
+    madd_pairs_x128(v) -> I32x8         the same times 128 (vpmaddwd with 128s)
+    abs_i8(v), sign_i8(v, s)            |v| and v * sign(s) (llama.cpp's s8 x s8 trick)
+    scale_add(acc, d, s0, s1) -> F32x8  acc + float(d) * s, s = s0 in lanes 0-3, s1 in lanes 4-7
+    zeros_f32x8(), hsum(v)               eight f32 zeros; the sum of an F32x8's lanes
+    half_to_f32(bits)                   IEEE half (as uint16) -> f32, exact (F16C's vcvtph2ps, or
+                                        integer operations where F16C is missing)
+    f32_to_half(x)                      f32 -> IEEE half bits (uint16), round to nearest even
+                                        (vcvtps2ph; LLVM's own lowering elsewhere)
+
+Each is valid only where ``AVX2`` is True (x86-64 with AVX2, FMA and F16C: every x86 server
+since 2013); kernels/qdot.py picks a plain-loop twin otherwise. No bounds are checked: the
+caller guarantees that ``offset + 32`` bytes lie inside the array.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
+
+_FEATURES = llvm.get_host_cpu_features()
+AVX2 = all(_FEATURES.get(f, False) for f in ("avx2", "fma", "f16c"))
+VNNI = bool(_FEATURES.get("avxvnni") or (_FEATURES.get("avx512vnni") and _FEATURES.get("avx512vl")))
+
+
+class Vec(types.Type):
+    """A 256-bit vector value: ``lanes`` lanes of ``kind`` ('i' or 'f') with ``bits`` bits each."""
+
+    def __init__(self, lanes: int, bits: int, kind: str):
+        self.lanes, self.bits, self.kind = lanes, bits, kind
+        super().__init__(name=f"Vec{lanes}x{kind}{bits}")
+
+    def llvm(self) -> ir.VectorType:
+        return ir.VectorType(ir.FloatType() if self.kind == "f" else ir.IntType(self.bits), self.lanes)
+
+
+U8x32 = Vec(32, 8, "i")  # unsigned or signed by use, as in the hardware
+I16x16 = Vec(16, 16, "i")
+I32x8 = Vec(8, 32, "i")
+F32x8 = Vec(8, 32, "f")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.llvm())
+
+
+def _x86(builder, name: str, ret: Vec, args: list, arg_types: list):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret.llvm(), [t.llvm() for t in arg_types]),
+                                        name)
+    return builder.call(fn, args)
+
+
+def _splat(builder, value, vec_type: ir.VectorType):
+    one = builder.insert_element(ir.Constant(vec_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vec_type.count), [0] * vec_type.count))
+
+
+def _byte_pointer(context, builder, arr_type, arr, offset):
+    """i8* to byte ``offset`` of a contiguous array's data."""
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [offset])
+
+
+def _check_contiguous(arr):
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        raise TypingError(f"expected a C-contiguous array, got {arr}")
+
+
+@intrinsic
+def load_bytes(typingctx, arr, offset):
+    """The 32 bytes of ``arr`` (any C-contiguous array) starting at byte ``offset``."""
+    _check_contiguous(arr)
+
+    def codegen(context, builder, sig, args):
+        p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, U8x32.llvm().as_pointer()), align=1)
+    return U8x32(arr, offset), codegen
+
+
+@intrinsic
+def nibbles(typingctx, v):
+    """(low 4 bits, high 4 bits) of each byte of v, as two U8x32 of values 0..15."""
+    def codegen(context, builder, sig, args):
+        t = U8x32.llvm()
+        mask = ir.Constant(t, [15] * 32)
+        lo = builder.and_(args[0], mask)
+        hi = builder.and_(builder.lshr(args[0], ir.Constant(t, [4] * 32)), mask)
+        return context.make_tuple(builder, sig.return_type, [lo, hi])
+    return types.UniTuple(U8x32, 2)(v), codegen
+
+
+@intrinsic
+def madd_u8s8(typingctx, u, s):
+    """vpmaddubsw: lane i = u[2i]*s[2i] + u[2i+1]*s[2i+1], u unsigned, s signed, saturated to i16."""
+    def codegen(context, builder, sig, args):
+        return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16, list(args), [U8x32, U8x32])
+    return I16x16(u, s), codegen
+
+
+def _madd_by(k: int):
+    @intrinsic
+    def madd(typingctx, v):
+        def codegen(context, builder, sig, args):
+            factor = ir.Constant(I16x16.llvm(), [k] * 16)
+            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8, [args[0], factor], [I16x16, I16x16])
+        return I32x8(v), codegen
+    return madd
+
+
+madd_pairs = _madd_by(1)  # vpmaddwd with ones: lane i = v[2i] + v[2i+1] as i32
+madd_pairs_x128 = _madd_by(128)  # the same times 128, in the same one instruction
+
+
+def _lanewise(op: str, vec: Vec):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if a != vec or b != vec:
+            raise TypingError(f"expected two {vec}, got {a}, {b}")
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return vec(a, b), codegen
+    return fn
+
+
+add_i16 = _lanewise("add", I16x16)  # lane-wise i16 sum (callers keep it from overflowing)
+add_i32 = _lanewise("add", I32x8)  # lane-wise i32 sum
+
+
+@intrinsic
+def abs_i8(typingctx, v):
+    """|v| per signed byte (the bytes of int8 weights in -127..127, so the result fits u8)."""
+    def codegen(context, builder, sig, args):
+        t = U8x32.llvm()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, ir.IntType(1)]), "llvm.abs.v32i8")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+    return U8x32(v), codegen
+
+
+@intrinsic
+def sign_i8(typingctx, v, s):
+    """vpsignb: v * sign(s) per signed byte (0 where s is 0)."""
+    def codegen(context, builder, sig, args):
+        return _x86(builder, "llvm.x86.avx2.psign.b", U8x32, list(args), [U8x32, U8x32])
+    return U8x32(v, s), codegen
+
+
+@intrinsic
+def scale_add(typingctx, acc, d, s_low, s_high):
+    """acc + float(d) * (s_low in lanes 0-3, s_high in lanes 4-7): acc F32x8, d I32x8, two f32 scalars.
+
+    After ``madd_pairs`` of one 64-input block, lanes 0-3 hold inputs 0-31 and lanes 4-7 inputs
+    32-63: two scales serve weight groups of 32.
+    """
+    def codegen(context, builder, sig, args):
+        t = F32x8.llvm()
+        scales = builder.shuffle_vector(_splat(builder, args[2], t), _splat(builder, args[3], t),
+                                        ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 1, 2, 3, 12, 13, 14, 15]))
+        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), scales))
+    return F32x8(acc, d, types.float32, types.float32), codegen
+
+
+@intrinsic
+def zeros_f32x8(typingctx):
+    """Eight f32 zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(F32x8.llvm(), [0.0] * 8)
+    return F32x8(), codegen
+
+
+@intrinsic
+def hsum(typingctx, v):
+    """The sum of the eight lanes of an F32x8."""
+    def codegen(context, builder, sig, args):
+        total = builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
+        for i in range(1, 8):
+            total = builder.fadd(total, builder.extract_element(args[0], ir.Constant(ir.IntType(32), i)))
+        return total
+    return types.float32(v), codegen
+
+
+@intrinsic
+def _half_to_f32_f16c(typingctx, bits):
+    """An IEEE half given by its 16 bits (uint16) as f32, exact: one vcvtph2ps where F16C exists."""
+    def codegen(context, builder, sig, args):
+        half = builder.bitcast(builder.trunc(args[0], ir.IntType(16)), ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def f32_to_half(typingctx, value):
+    """An f32 as the 16 bits (uint16) of the nearest IEEE half (ties to even), as numpy's astype(float16)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The f32 whose 32 bits are ``bits`` (a uint32): a bit cast, any CPU."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@njit(inline="always")
+def _half_to_f32_plain(bits):
+    """The same as _half_to_f32_f16c from integer operations (CPUs without F16C)."""
+    h = np.uint32(bits)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    exponent = (h >> np.uint32(10)) & np.uint32(31)
+    mantissa = h & np.uint32(0x3FF)
+    if exponent == 0:  # zero or subnormal: mantissa * 2^-24
+        magnitude = np.float32(mantissa) * np.float32(2.0**-24)
+        return -magnitude if sign else magnitude
+    if exponent == 31:  # inf, nan
+        return f32_from_bits(sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13)))
+    return f32_from_bits(sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13)))
+
+
+half_to_f32 = _half_to_f32_f16c if AVX2 else _half_to_f32_plain  # uint16 bits -> f32, exact
