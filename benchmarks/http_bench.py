@@ -1,7 +1,7 @@
-"""One streamed request three ways: LLM.run in-process, through ``awqinfer serve``, through llama.cpp's llama-server.
+"""Streamed requests three ways: LLM.run in-process, through ``awqinfer serve``, through llama.cpp's llama-server.
 
-    python -m benchmarks.http_bench                               # llama-server from $LLAMA_SERVER or PATH
-    python -m benchmarks.http_bench --llama-server /path/to/llama-server --repeats 5
+    python -m benchmarks.http_bench                  # llama-server: $LLAMA_SERVER, else llama_tools' build
+    python -m benchmarks.http_bench --llama-server /path/to/llama-server --repeats 5 --clients 1,2,4,8
 
 What it measures, for the default model (SmolLM2-135M-Instruct: awqinfer's AWQ 4-bit build, and
 for llama-server the GGUF it is built from): the time to first token (from sending the request,
@@ -11,6 +11,13 @@ the server's overhead; awqinfer over HTTP against llama-server is the two server
 Every engine uses --threads threads; they take turns inside each repeat (rotating order), each
 figure is a median with min-max, and the load average is recorded. llama-server is asked to
 ignore EOS; awqinfer's token counts are reported, as it stops at EOS.
+
+Then, for each count N of ``--clients``, N streaming clients send the same request at once:
+to awqinfer serve (one server, its scheduler batching them), to LLM.run from N threads (the
+same scheduler, no HTTP), and to ``llama-server -np N`` (N slots, restarted for each N). Per
+engine and N: aggregate decode tokens/s (the tokens after each client's first, summed, over
+the time from the first client's first token to the last client's last) and the mean time to
+first token (prefill and queueing included).
 
 The results go to the terminal, to http_results.json, and into benchmarks/RESULTS.md between
 the markers of its "awqinfer serve" section (a fresh ``python -m benchmarks`` run rewrites
@@ -23,11 +30,11 @@ import argparse
 import json
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,13 +131,14 @@ class AwqinferServe(Served):
 
 
 class LlamaServer(Served):
-    def __init__(self, binary: str, gguf: Path, threads: int):
+    def __init__(self, binary: str, gguf: Path, threads: int, slots: int = 1):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # -c is shared by the slots: 1024 positions each, far more than one request needs
         super().__init__("llama-server", [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                                          "-t", str(threads), "-tb", str(threads), "-c", "2048", "-np", "1"],
-                         port=port)
+                                          "-t", str(threads), "-tb", str(threads), "-c", str(1024 * slots),
+                                          "-np", str(slots)], port=port)
 
     def request(self, max_tokens: int) -> dict:
         body = {"messages": MESSAGES, "stream": True, "max_tokens": max_tokens, "temperature": 0,
@@ -143,8 +151,34 @@ class LlamaServer(Served):
 
 
 def figures(start, first, last, tokens) -> dict:
+    """One request's figures; ``first``/``last`` (perf_counter) are kept for the concurrent rounds."""
     return {"ttft": first - start, "tok_s": (tokens - 1) / (last - first) if tokens > 1 and last > first else None,
-            "tokens": tokens}
+            "tokens": tokens, "first": first, "last": last}
+
+
+def concurrent(engine, clients: int, max_tokens: int) -> dict:
+    """``clients`` requests sent at once to ``engine``: aggregate decode tokens/s and mean time to first token."""
+    runs, errors = [None] * clients, []
+    go = threading.Barrier(clients)
+
+    def client(i):
+        try:
+            go.wait()
+            runs[i] = engine.request(max_tokens)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{engine.name}, {clients} clients: {errors[0]!r}")
+    span = max(r["last"] for r in runs) - min(r["first"] for r in runs)
+    decoded = sum(r["tokens"] - 1 for r in runs)
+    return {"clients": clients, "agg_tok_s": decoded / span if span > 0 else None,
+            "mean_ttft": statistics.mean(r["ttft"] for r in runs), "tokens": sum(r["tokens"] for r in runs)}
 
 
 def median(values) -> str:
@@ -169,6 +203,15 @@ def report(out: dict) -> str:
                      f"time to first token {med[http]['ttft'] / med['llama-server']['ttft']:.2f}x")
     else:
         notes.append(f"llama-server: not measured ({out.get('llama_server_note', 'binary not found')})")
+    rows += ["", f"Concurrent streaming clients ({out['max_tokens']} tokens each): aggregate decode tokens/s, "
+                 "mean time to first token (s)", "",
+             "| clients | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for n in out["clients"]:
+        cells = []
+        for name in names:
+            got = [r for r in out["concurrent"].get(name, []) if r["clients"] == n]
+            cells.append(f"{got[0]['agg_tok_s']:.1f} tok/s, {got[0]['mean_ttft']:.2f} s" if got else "-")
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
     head = (f"Run {out['date']}: {out['repeats']} repeats of one greedy chat request of up to {out['max_tokens']} "
             f"tokens, streamed; {out['threads']} threads each; load average before / after: "
             f"{out['load_before']} / {out['load_after']}. Command: `python -m benchmarks.http_bench "
@@ -186,23 +229,41 @@ def write_results(section: str, path: Path) -> None:
     path.write_text(text)
 
 
+def restart(server: "LlamaServer", args, slots: int) -> "LlamaServer":
+    """llama-server again, with ``slots`` parallel slots (-np), warmed up."""
+    from awqinfer.engine.hub import default_gguf
+
+    server.close()
+    fresh = LlamaServer(args.llama_server, default_gguf(), args.threads, slots)
+    fresh.request(4)
+    return fresh
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.http_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER") or shutil.which("llama-server"),
-                   help="llama.cpp's llama-server binary (default: $LLAMA_SERVER, else llama-server on PATH)")
+    p.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"),
+                   help="llama.cpp's llama-server binary (default: $LLAMA_SERVER, else the one llama_tools.py "
+                        "builds; '' skips it)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clients", default="1,2,4,8", help="concurrent client counts, comma separated ('' skips them)")
     p.add_argument("--out", default=str(HERE), help="directory of RESULTS.md and http_results.json")
     args = p.parse_args(argv)
+    clients = [int(n) for n in args.clients.split(",") if n.strip()]
+    if args.llama_server is None:
+        from benchmarks.llama_tools import binaries
+
+        args.llama_server = str(binaries() / "llama-server")
     from awqinfer.engine.hub import default_gguf, default_model_dir
 
     default_model_dir()  # build it once, before anything is timed
     engines = [InProcess(args.threads), AwqinferServe(args.threads)]
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "repeats": args.repeats, "max_tokens": args.max_tokens,
-           "threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
+           "threads": args.threads, "clients": clients, "argv": list(argv if argv is not None else sys.argv[1:]),
            "load_before": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
-    if args.llama_server and Path(args.llama_server).is_file():
+    llama = args.llama_server and Path(args.llama_server).is_file()
+    if llama:
         engines.append(LlamaServer(args.llama_server, default_gguf(), args.threads))
     else:
         out["llama_server_note"] = f"no llama-server binary ({args.llama_server or 'none given'})"
@@ -213,6 +274,12 @@ def main(argv=None) -> int:
         for i in range(args.repeats):
             for engine in engines[i % len(engines):] + engines[:i % len(engines)]:
                 results[engine.name].append(engine.request(args.max_tokens))
+        out["concurrent"] = {e.name: [] for e in engines}
+        for n in clients:
+            for engine in engines:
+                if isinstance(engine, LlamaServer):  # -np N: as many slots as clients
+                    engines[engines.index(engine)] = engine = restart(engine, args, n)
+                out["concurrent"][engine.name].append(concurrent(engine, n, args.max_tokens))
     finally:
         for engine in engines:
             engine.close()

@@ -13,7 +13,9 @@ import ipaddress
 import os
 import sys
 
-from .common import EXIT_ERROR, EXIT_USAGE, add_compute_flags, fail, ranged
+import awqinfer
+
+from .common import EXIT_ERROR, EXIT_USAGE, add_load_flags, fail, ranged
 
 KEY_ENV = "AWQINFER_API_KEY"
 
@@ -32,14 +34,10 @@ def add_parser(subparsers) -> None:
                    help="a model to load at start and keep loaded (repeat for several; downloaded if needed; "
                         "default: the embedded SmolLM2-135M-Instruct). Requests may name any other model on "
                         "this machine: it loads on first use")
-    add_compute_flags(p)
+    add_load_flags(p, batching=True)
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${KEY_ENV}, "
                         "else no key)")
-    p.add_argument("--max-batch", type=ranged(int, 1, None), default=4, metavar="N",
-                   help="generations running at once (default: 4)")
-    p.add_argument("--max-queue", type=ranged(int, 0, None), default=32, metavar="N",
-                   help="requests waiting for a running slot; more are refused with HTTP 429 (default: 32)")
     p.add_argument("--keep-models", type=ranged(int, 0, None), default=2, metavar="N",
                    help="models loaded on first use that stay loaded, most recent first (default: 2)")
     p.add_argument("--shutdown-timeout", type=ranged(float, 0, None), default=5.0, metavar="SECONDS",
@@ -61,7 +59,9 @@ def main(args) -> int:
     except OSError as e:
         return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
     with sock:
-        models = Models(args.device, args.threads, args.keep_models)
+        if args.kv_budget is not None:
+            awqinfer.set_kv_budget(args.kv_budget)
+        models = Models(args.device, args.threads, args.keep_models, args.max_batch, args.max_queue)
         for name in args.model or [None]:
             try:
                 models.preload(name)
@@ -70,6 +70,6 @@ def main(args) -> int:
         if key is None and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
             print(f"awqinfer: warning: listening on {args.host} without --api-key: anyone who can reach this "
                   "machine can use the models", file=sys.stderr)
-        app = create_app(models, max_running=args.max_batch, max_waiting=args.max_queue, api_key=key)
+        app = create_app(models, api_key=key)
         serve(app, sock, shutdown_timeout=args.shutdown_timeout, access_log=not args.no_access_log)
     return 0

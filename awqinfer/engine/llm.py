@@ -83,6 +83,11 @@ class LLM:
         chunks = self._chunks(len(prompt_ids), self.scheduler.submit(seq))  # queued now: errors raise here
         return chunks if request.stream else join_chunks(chunks)
 
+    @property
+    def requests(self) -> tuple[int, int]:
+        """(running, waiting): the sequences this model's scheduler steps now, and those queued for a place."""
+        return self.scheduler.counts
+
     def fit_messages(self, messages: list[dict],
                      max_tokens: int = FIELDS["max_tokens"].default) -> tuple[list[dict], int]:
         """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
@@ -150,10 +155,20 @@ def load(model: str | Path | None = None, device: str = "cpu", threads: int | No
     check_kv_dtype(kv_dtype)
     check_bounds(max_batch, max_queue)
     if kv_budget is not None:
-        KV_BUDGET.set_limit(kv_budget)
+        set_kv_budget(kv_budget)
     directory, int8 = hub.resolve(model)
     name = hub.DEFAULT_NAME if model is None else str(model)
     return LLM.from_directory(directory, name, device, int8, threads, kv_dtype, max_batch, max_queue)
+
+
+def set_kv_budget(limit: int | str) -> None:
+    """Set the process-wide KV memory budget (bytes, or a size such as "4GB"); InputError if malformed."""
+    KV_BUDGET.set_limit(limit)
+
+
+def kv_cache_usage() -> tuple[int, int]:
+    """(bytes of KV cache reserved by the live sequences of every model, the process's KV budget in bytes)."""
+    return KV_BUDGET.reserved, KV_BUDGET.limit
 
 
 def run(model, inputs: dict, device: str = "cpu"):

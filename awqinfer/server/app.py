@@ -36,10 +36,10 @@ from .workers_ai import router as workers_ai_router
 ROUTE_ERRORS = {404: (7000, "No route for that URI"), 405: (7001, "Method not allowed for that URI")}
 
 
-def create_app(models: Models, *, max_running: int = 4, max_waiting: int = 32, api_key: str | None = None) -> FastAPI:
-    """The app serving ``models``: at most ``max_running`` generations at once, ``max_waiting`` queued."""
+def create_app(models: Models, *, api_key: str | None = None) -> FastAPI:
+    """The app serving ``models``; how many generations run and wait is their schedulers' business (Models)."""
     metrics = Metrics()
-    engine = Engine(max_running, max_waiting, metrics)
+    engine = Engine(metrics)
     metrics.bind(engine, models.llms)
 
     @asynccontextmanager
@@ -74,9 +74,9 @@ def _route_error(request: Request, e: HTTPException) -> Response:
 async def health(request: Request):
     """GET /health: whether the server takes requests, and what it holds."""
     server = state(request)
+    running, waiting = server.metrics.requests()
     body = {"status": "shutting down" if server.engine.closing else "ok",
-            "models": [name for name, _ in server.models.loaded()],
-            "running": server.engine.running, "waiting": server.engine.waiting}
+            "models": [name for name, _ in server.models.loaded()], "running": running, "waiting": waiting}
     return JSONResponse(body, status_code=503 if server.engine.closing else 200)
 
 

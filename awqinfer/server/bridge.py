@@ -1,17 +1,17 @@
 """The bridge between ``LLM.run``, a blocking generator, and the event loop that serves HTTP.
 
     Engine.start(llm, inputs)
-      -> a place in the queue (QueueFull when max_waiting are already waiting), then a slot
-      -> a worker thread runs llm.run({**inputs, "stream": True}, cancel=..., on_prefill=...)
-         and posts each chunk to the loop (call_soon_threadsafe)
+      -> a thread calls llm.run({**inputs, "stream": True}, cancel=..., on_prefill=...): the
+         inputs are checked and the sequence is queued on the model's Scheduler (QueueFull when
+         its --max-queue is reached), which batches it with every other running sequence
+      -> the thread waits for the chunks and posts each to the loop (call_soon_threadsafe)
       -> a Generation: an async iterator over the engine's chunks; ``cancel()`` sets the run's
-         cancel event, which the engine honours at its next prompt chunk or decode step
+         cancel event, which the scheduler honours before its next step (a prompt chunk or a
+         decode step), freeing the sequence's KV cache
 
-At most ``max_running`` generations run at once, each in a thread of its own (today the
-engine interleaves their decode steps; a batching scheduler behind ``LLM.run`` would batch
-them). A slot is given back when its thread has finished and the KV cache is freed, not
-when the client leaves. This is the one module that knows generations run in threads:
-pointing the server at another engine (a scheduler with a queue of its own) changes this file.
+The threads here only wait on the scheduler's queues; the model runs on the scheduler's
+engine thread, so no lock or queue of this module ever serializes two requests. This is the
+one module that knows how generations are driven.
 """
 
 from __future__ import annotations
@@ -19,17 +19,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import InputError
+from ..errors import InputError, QueueFull
 
 _STARTED = object()  # posted once llm.run has accepted the inputs (its checks passed)
 _END = object()  # posted after the last chunk
-
-
-class QueueFull(Exception):
-    """Every slot is busy and max_waiting requests are already waiting."""
 
 
 class ShuttingDown(Exception):
@@ -93,25 +87,17 @@ class Generation:
 
 
 class Engine:
-    """Runs generations in worker threads: at most ``max_running`` at once, ``max_waiting`` queued."""
+    """Starts generations on their models' schedulers and follows them until they end.
 
-    def __init__(self, max_running: int = 4, max_waiting: int = 32, metrics=None):
-        if max_running < 1 or max_waiting < 0:
-            raise ValueError("max_running must be >= 1 and max_waiting >= 0")
-        self.max_running = max_running
-        self.max_waiting = max_waiting
+    Queueing and batching are the scheduler's (``LLM.run``): this class keeps no queue and no
+    limit of its own. It only tracks the live generations, for shutdown and the metrics.
+    """
+
+    def __init__(self, metrics=None):
         self.metrics = metrics  # metrics.Metrics, or None
-        self.running = 0
-        self._waiters: deque[asyncio.Future] = deque()
         self._live: set[Generation] = set()
-        self._threads = ThreadPoolExecutor(max_running, thread_name_prefix="awqinfer-generate")
         self._closing = False
         self._idle: asyncio.Event | None = None
-
-    @property
-    def waiting(self) -> int:
-        """Requests queued for a slot."""
-        return len(self._waiters)
 
     @property
     def closing(self) -> bool:
@@ -122,35 +108,32 @@ class Engine:
         return list({id(g.llm): g.llm for g in self._live}.values())
 
     async def start(self, llm, inputs: dict) -> Generation:
-        """Queue ``inputs`` for ``llm``; once a slot is free, start the run and return its Generation.
+        """Submit ``inputs`` to ``llm``'s scheduler and return its Generation once it is queued there.
 
-        Raises QueueFull or ShuttingDown before anything runs, and InputError when the engine's
-        own checks refuse the inputs (a prompt longer than the context, a chat template that
-        rejects the conversation). Cancelling the caller cancels the generation.
+        Raises QueueFull (the scheduler's queue is full) or ShuttingDown before anything runs,
+        and InputError when the engine's own checks refuse the inputs (a prompt longer than the
+        context, a chat template that rejects the conversation). Cancelling the caller cancels
+        the generation.
         """
-        await self._acquire()
-        if self._closing:  # the slot came after shutdown began
-            self._release()
+        if self._closing:
             raise ShuttingDown()
         gen = Generation(llm, asyncio.get_running_loop())
         self._live.add(gen)
-        self._threads.submit(self._work, gen, inputs)
+        threading.Thread(target=self._work, args=(gen, inputs), name="awqinfer-stream", daemon=True).start()
         try:
             first = await gen._items.get()
         except asyncio.CancelledError:
             gen.cancel()
             raise
         if isinstance(first, BaseException):
+            if isinstance(first, QueueFull) and self.metrics:
+                self.metrics.rejected.inc()
             raise first
         return gen
 
     async def shutdown(self, grace: float) -> None:
         """Take no more work; give running generations ``grace`` seconds, then cancel them and wait."""
         self._closing = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(ShuttingDown())
         if self._live:
             try:
                 await asyncio.wait_for(self._wait_idle(), timeout=max(grace, 0))
@@ -158,50 +141,20 @@ class Engine:
                 for gen in list(self._live):
                     gen.cancel("shutdown")
                 await self._wait_idle()  # each stops within one prompt chunk or decode step
-        self._threads.shutdown(wait=False)
 
     async def _wait_idle(self) -> None:
         while self._live:
             self._idle = asyncio.Event()
             await self._idle.wait()
 
-    # --- slots ---------------------------------------------------------------------------
-
-    async def _acquire(self) -> None:
-        if self._closing:
-            raise ShuttingDown()
-        if self.running < self.max_running and not self._waiters:
-            self.running += 1
-            return
-        if len(self._waiters) >= self.max_waiting:
-            if self.metrics:
-                self.metrics.rejected.inc()
-            raise QueueFull(f"{self.running} requests are running and {len(self._waiters)} waiting "
-                            f"(--max-queue {self.max_waiting}); try again later")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # _release hands the slot over (running counted) or shutdown refuses it
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release()  # the slot came as the caller left: pass it on
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
-            raise
-
-    def _release(self) -> None:
-        self.running -= 1
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.running += 1
-                waiter.set_result(None)
-                return
-
-    # --- the worker thread ---------------------------------------------------------------
+    # --- the generation's thread ---------------------------------------------------------
 
     def _work(self, gen: Generation, inputs: dict) -> None:
-        """Run one generation in this worker thread, posting its chunks to the loop."""
+        """Submit one generation and pass its chunks to the loop as the scheduler makes them.
+
+        This thread only waits: the model runs on the scheduler's engine thread, batched with
+        every other generation of the same model.
+        """
         chunks = None
         try:
             chunks = gen.llm.run({**inputs, "stream": True}, cancel=gen._cancel,
@@ -216,15 +169,15 @@ class Engine:
             if gen.outcome is None:
                 gen.outcome = "cancelled"
             gen._post(_END)
-        except InputError as e:
-            gen.outcome = "invalid"
+        except (InputError, QueueFull) as e:
+            gen.outcome = "invalid" if isinstance(e, InputError) else "rejected"
             gen._post(e)
-        except BaseException as e:  # an engine bug: the request gets an error, the server lives on
+        except BaseException as e:  # a broken template, an engine bug: this request fails, the server lives on
             gen.outcome = "error"
             gen._post(e)
         finally:
             if chunks is not None:
-                chunks.close()  # frees the KV cache now, in this thread
+                chunks.close()  # tells the scheduler now: it frees the KV cache within one step
             gen.ended_at = time.monotonic()
             try:
                 gen._loop.call_soon_threadsafe(self._finished, gen)
@@ -237,10 +190,9 @@ class Engine:
         gen.prompt_tokens, gen._prefilled = total, done
 
     def _finished(self, gen: Generation) -> None:
-        """On the loop, once a worker thread is done with ``gen``: free its slot, record it."""
+        """On the loop, once ``gen``'s thread is done with it: record it."""
         self._live.discard(gen)
-        self._release()
-        if self.metrics:
+        if self.metrics and gen.outcome != "rejected":
             self.metrics.finished(gen)
         if not self._live and self._idle is not None:
             self._idle.set()

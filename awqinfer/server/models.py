@@ -29,12 +29,18 @@ class ModelError(Exception):
 
 
 class Models:
-    """Model name -> loaded LLM, for one device and thread count."""
+    """Model name -> loaded LLM, for one device, thread count and scheduler size.
 
-    def __init__(self, device: str = "cpu", threads: int | None = None, keep: int = 2):
+    Each LLM batches its requests on its own scheduler: at most ``max_batch`` sequences stepped
+    together, ``max_queue`` waiting (beyond it awqinfer.errors.QueueFull, an HTTP 429).
+    """
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, keep: int = 2,
+                 max_batch: int | None = None, max_queue: int | None = None):
         self.device = device
         self.threads = threads
         self.keep = keep
+        self.max_batch, self.max_queue = max_batch, max_queue
         self._pinned: dict[tuple, LLM] = {}  # loaded at start: never evicted
         self._recent: OrderedDict[tuple, LLM] = OrderedDict()  # loaded on demand, most recent last
         self._keys: dict[str, tuple] = {}  # name -> (directory, int8)
@@ -127,7 +133,8 @@ class Models:
     def _load(self, name: str | None, key: tuple) -> LLM:
         label = hub.DEFAULT_NAME if name is None else str(name)
         try:
-            llm = LLM.from_directory(Path(key[0]), label, self.device, key[1], self.threads)
+            llm = LLM.from_directory(Path(key[0]), label, self.device, key[1], self.threads,
+                                     max_batch=self.max_batch, max_queue=self.max_queue)
         except (AwqinferError, OSError) as e:
             raise ModelError(f"model {label!r} cannot be loaded: {e}", False) from None
         self._names[key] = label

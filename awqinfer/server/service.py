@@ -2,7 +2,9 @@
 
     name -> the loaded model (models.py)        ModelError -> 400 (5007), or 404 on /v1
     inputs -> a Generation (bridge.py)          QueueFull -> 429 (3040), ShuttingDown -> 503,
-                                                the engine's InputError -> 400 (5006)
+                                                the engine's InputError -> 400 (5006),
+                                                TemplateCheckpointError -> 500 (3000): the
+                                                model's own chat template is broken
     a Generation -> the non-streamed result     join_chunks, as LLM.run joins its own stream
 
 The routes differ only in how they spell requests and answers (workers_ai.py, openai_api.py).
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from ..engine.llm import join_chunks
-from ..errors import Cancelled, InputError
-from .bridge import Engine, Generation, QueueFull, ShuttingDown
+from ..errors import Cancelled, InputError, QueueFull, TemplateCheckpointError
+from .bridge import Engine, Generation, ShuttingDown
 from .metrics import Metrics
 from .models import ModelError, Models
 from .web import ApiError, bad_input, until_disconnect
@@ -64,6 +66,10 @@ async def start_generation(request: Request, model: str, inputs: dict) -> tuple[
             raise shutting_down() from None
         except InputError as e:
             raise bad_input(str(e), param=field_of(str(e))) from None
+        except TemplateCheckpointError as e:
+            log.error("model %s: %s", model, e)
+            raise ApiError(500, 3000, f"the chat template of model {model} is broken, not the request: {e}",
+                           prefix="AiError: ", oa_type="server_error", oa_code="broken_chat_template") from None
 
     return await until_disconnect(request, start()), model
 
