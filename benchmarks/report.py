@@ -146,7 +146,9 @@ def report(out) -> str:
         b = out["batched"]
         lines += ["", "llama.cpp's `llama-batched-bench` (128 prompt + 128 new tokens per stream), aggregate decode "
                   "tokens/s: " + ", ".join(f"{n} streams {v:.0f}" for n, v in sorted(b.items(), key=lambda x: int(x[0])))
-                  + " (awqinfer has no batched decode yet)."]
+                  + "."]
+    if "batching" in out:
+        lines += batching_section(out["batching"])
     if "contention" in out:
         con = out["contention"]
         lines += ["", f"## Beside one busy process (a Python loop on one core), decode tokens/s over "
@@ -178,6 +180,35 @@ def report(out) -> str:
     lines += ["| target | where it stands | met |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {'yes' if c else 'no' if c is not None else '-'} |" for a, b, c in targets(out)]
     return "\n".join(lines) + "\n"
+
+
+def batching_section(b: dict) -> list[str]:
+    """benchmarks/batching.py's figures: concurrent streams against llama-batched-bench, and 16- vs 32-bit KV."""
+    peer = {int(n): v for n, v in b.get("llama_batched", {}).items()}
+    lines = ["", "## Concurrent streams (continuous batching), sampled, "
+             f"up to {b['args']['tokens']} new tokens a stream", "",
+             "N threads call `LLM.run(stream=True)` at once (`python -m benchmarks.batching`); aggregate = the sum "
+             "of the streams' decode tokens/s. llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
+             f"Load average before/after: {fmt_load(b['load_average_before'])} / {fmt_load(b['load_average_after'])}.",
+             "", "| streams | awqinfer aggregate tok/s | per stream | first chunk s | llama.cpp aggregate | ratio |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, r in sorted(b["streams"].items(), key=lambda x: int(x[0])):
+        theirs = peer.get(int(n), float("nan"))
+        lines.append(f"| {n} | {r['aggregate']:.1f} | {r['per_stream']:.1f} | {r['first_chunk_s']:.2f} | "
+                     f"{theirs:.1f} | {r['aggregate'] / theirs:.2f} |")
+    if "kv" in b:
+        kv = b["kv"]
+        contexts = sorted(kv["float16"], key=int)
+        lines += ["", "Decode tokens/s after a long context, `Model.forward`, float16 against float32 KV caches:", "",
+                  "| KV | " + " | ".join(f"after {c}" for c in contexts) + " |",
+                  "| --- | " + " | ".join("---:" for _ in contexts) + " |"]
+        lines += [f"| {dtype} | " + " | ".join(f"{kv[dtype][c]:.1f}" for c in contexts) + " |" for dtype in kv]
+        lines.append("| gain | " + " | ".join(f"{kv['float16'][c] / kv['float32'][c]:.2f}x" for c in contexts) + " |")
+    return lines
+
+
+def fmt_load(load) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
 
 
 def plot(out, path: Path) -> bool:

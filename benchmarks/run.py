@@ -255,6 +255,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     target = Path(args.out)
+    if (target / "batching.json").exists():  # benchmarks/batching.py's latest figures
+        out["batching"] = json.loads((target / "batching.json").read_text())
     target.mkdir(parents=True, exist_ok=True)
     text = report(out)
     if plot(out, target / "decode_vs_context.png"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/, not installed
 
-from benchmarks import run  # noqa: E402
+from benchmarks import batching, report, run  # noqa: E402
 
 SMOKE = ["--no-peers", "--repeats", "1", "--prompt-lengths", "16,32", "--decode-prompt", "8",
          "--decode-tokens", "6", "--contexts", "64,128", "--long-tokens", "3", "--check-tokens", "6",
@@ -87,3 +87,15 @@ def test_http_benchmark_smoke(default_model, tmp_path):
     http_bench.main(["--repeats", "1", "--max-tokens", "4", "--clients", "", "--llama-server", "",
                      "--out", str(tmp_path)])
     assert (tmp_path / "RESULTS.md").read_text().count(http_bench.START) == 1  # replaced, not appended twice
+
+
+def test_batching_benchmark_smoke(tiny_llama_awq, tmp_path):
+    """benchmarks/batching.py on a tiny model: every stream count and context measured, and rendered."""
+    out_file = tmp_path / "batching.json"
+    assert batching.main(["--model", str(tiny_llama_awq), "--streams", "1,2", "--prompt-tokens", "16", "--tokens", "4",
+                          "--contexts", "32,64", "--long-tokens", "2", "--out", str(out_file)]) == 0
+    b = json.loads(out_file.read_text())
+    assert set(b["streams"]) == {"1", "2"} and all(r["first_chunk_s"] > 0 for r in b["streams"].values())
+    assert set(b["kv"]) == {"float16", "float32"} and all(set(v) == {"32", "64"} for v in b["kv"].values())
+    text = "\n".join(report.batching_section(b))
+    assert "| 2 |" in text and "| gain |" in text

@@ -118,3 +118,40 @@ def test_fast_decode_keeps_the_reference_greedy_tokens(models):
     top = np.argsort(ref)[-32:]
     np.testing.assert_allclose(fast[top], ref[top], atol=2e-3 * np.abs(ref).max())  # the rescored top: near exact
     assert np.sqrt(np.mean((fast - ref) ** 2) / np.mean(ref ** 2)) < 0.03  # the int8 screen elsewhere
+
+
+PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+import awqinfer
+
+def peak_growth_kb(llm, max_tokens):
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM, the peak resident size, back to now
+    status = lambda key: next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines()
+                              if l.startswith(key + ":"))
+    before = status("VmRSS")
+    stream = llm.run({"prompt": "Tell me a long story.", "max_tokens": max_tokens, "temperature": 0, "stream": True})
+    for i, _ in zip(range(48), stream):
+        pass
+    stream.close()
+    return status("VmHWM") - before
+
+llm = awqinfer.load(sys.argv[1])
+peak_growth_kb(llm, 48)  # warm: kernels, scratch
+print(peak_growth_kb(llm, 48), peak_growth_kb(llm, 10**9))
+"""
+
+
+def test_a_huge_max_tokens_costs_only_the_tokens_made(default_model):
+    """max_tokens 10**9 reserves the context in the KV budget but allocates what is generated:
+    the peak RSS of 48 tokens is the same whether the request allows 48 or a billion."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(default_model)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    small, huge = map(int, out.stdout.split())
+    whole_context_kb = Model.load(default_model).kv_bytes_per_position * 8192 // 1024  # what an up-front cache takes
+    print(f"peak growth: max_tokens 48 {small} kB, 10**9 {huge} kB; a whole-context cache is {whole_context_kb} kB")
+    assert huge - small < whole_context_kb / 8

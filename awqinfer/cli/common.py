@@ -131,7 +131,7 @@ class CompileNotice(event.Listener):
         dispatcher = ev.data["dispatcher"]
         if self.said or "cuda" in type(dispatcher).__module__:  # GPU kernels: not what the note is about
             return
-        if not dispatcher.py_func.__module__.startswith("awqinfer."):  # numba's own helpers (typed.List): uncached, quick
+        if not dispatcher.py_func.__module__.startswith("awqinfer."):  # numba's helpers (typed.List): uncached, quick
             return
         self.said = True
         note(f"compiling the kernels once (Numba; about {COMPILE_SECONDS} s on two cores); later runs reuse them")
