@@ -2,9 +2,7 @@
 
 Every kernel writes into an ``out`` array the caller allocated and trusts the
 shapes in its docstring: the engine validates shapes, dtypes and indices before
-calling, because Numba does not check bounds. Every compiled entry point is
-``nogil=True``: a server runs generations in worker threads, and a kernel that held
-the GIL would stall its event loop (and every other request) for the whole step.
+calling, because Numba does not check bounds.
 """
 
 import hashlib
