@@ -10,11 +10,12 @@ The modules, in the order a request meets them:
     openai_api.py     /v1/chat/completions, /v1/completions, /v1/models
     service.py        what both APIs do with a request: its model, its generation, its result
     models.py         model names -> loaded LLMs (kept from the start, or loaded on first use)
-    bridge.py         LLM.run's blocking generator in worker threads <-> async streams, queue, cancel
+    bridge.py         LLM.run's streams (the scheduler's) <-> async streams, cancel
     metrics.py        the Prometheus metrics
     playground.html   the page at GET /
 
-The server uses awqinfer's public API and the engine; nothing in the engine imports it.
+The server uses only awqinfer's public API (``awqinfer``, ``awqinfer.errors``, ``awqinfer.frontend``),
+never the engine's modules; nothing in the engine imports it.
 """
 
 from .app import create_app

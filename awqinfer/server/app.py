@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from ..engine.text.schema import SAMPLING_FIELDS
+from ..frontend import SAMPLING_FIELDS
 from .bridge import Engine
 from .metrics import CONTENT_TYPE, Metrics
 from .models import Models

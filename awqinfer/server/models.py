@@ -15,9 +15,9 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-from ..engine import hub
-from ..engine.llm import LLM
+from .. import LLM
 from ..errors import AwqinferError, ModelNotFoundError
+from ..frontend import DEFAULT_NAME, known_models, resolve_model
 
 
 class ModelError(Exception):
@@ -97,8 +97,8 @@ class Models:
     def available(self) -> list[str]:
         """Names a request can use without a download: the loaded models, then the known names on this machine."""
         names = [name for name, _ in self.loaded()]
-        for row in hub.known_models():
-            if row["cached"] and row["name"] not in names and not (row["default"] and hub.DEFAULT_NAME in names):
+        for row in known_models():
+            if row["cached"] and row["name"] not in names and not (row["default"] and DEFAULT_NAME in names):
                 names.append(row["name"])
         return names
 
@@ -117,7 +117,7 @@ class Models:
         if name is not None and not str(name).strip():
             raise ModelError("model: got an empty name; allowed: a model name (see GET /v1/models)", True)
         try:
-            directory, int8 = hub.resolve(name, offline=offline)
+            directory, int8 = resolve_model(name, offline=offline)
         except ModelNotFoundError as e:
             hint = ("; a server loads only models already on this machine: fetch it first, or start the "
                     f"server with --model {name}, which downloads it") if offline and "hf download" in str(e) else ""
@@ -127,11 +127,11 @@ class Models:
         except ValueError as e:  # a name no path or repo id can have (a NUL byte, a malformed repo id)
             raise ModelError(f"model {name!r}: not a usable name ({e})", True) from None
         key = (os.path.realpath(directory), int8)
-        self._keys[hub.DEFAULT_NAME if name is None else str(name)] = key
+        self._keys[DEFAULT_NAME if name is None else str(name)] = key
         return key
 
     def _load(self, name: str | None, key: tuple) -> LLM:
-        label = hub.DEFAULT_NAME if name is None else str(name)
+        label = DEFAULT_NAME if name is None else str(name)
         try:
             llm = LLM.from_directory(Path(key[0]), label, self.device, key[1], self.threads,
                                      max_batch=self.max_batch, max_queue=self.max_queue)

@@ -28,7 +28,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..engine.text.inputs import parse_inputs
+from ..frontend import check_inputs
 from ..errors import InputError
 from .openai_params import chat_request, completion_request
 from .service import field_of, internal_error, shutting_down, start_generation, state
@@ -143,7 +143,7 @@ async def _complete(request: Request, chat: bool):
     if any(len(s) > MAX_STOP_CHARS for s in req.stop):
         raise bad_input(f"stop: a stop sequence may have at most {MAX_STOP_CHARS} characters", "stop")
     try:
-        parse_inputs(req.inputs)  # the Workers AI schema's own checks, before the request queues
+        check_inputs(req.inputs)  # the Workers AI schema's own checks, before the request queues
     except InputError as e:
         raise bad_input(str(e), param=field_of(str(e))) from None
     gen, model = await start_generation(request, req.model, req.inputs)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..engine.text.schema import FIELDS, check_number, describe_value
+from ..frontend import FIELDS, check_number, describe_value
 from .web import bad_input
 
 PASSIVE = {"user", "metadata", "safety_identifier", "prompt_cache_key", "parallel_tool_calls"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from ..engine.llm import join_chunks
+from ..frontend import join_chunks
 from ..errors import Cancelled, InputError, QueueFull, TemplateCheckpointError
 from .bridge import Engine, Generation, ShuttingDown
 from .metrics import Metrics

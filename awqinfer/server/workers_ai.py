@@ -21,7 +21,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..engine.text.inputs import parse_inputs
+from ..frontend import check_inputs
 from ..errors import InputError
 from .service import collect, field_of, internal_error, shutting_down, start_generation
 from .web import SSE_DONE, EventStream, bad_input, envelope, envelope_error, read_json, sse, until_disconnect
@@ -35,7 +35,7 @@ async def run(request: Request):
     """Run the model named in the path on the JSON body; the result in an envelope, or an SSE stream."""
     inputs = await read_json(request)
     try:
-        stream = parse_inputs(inputs).stream  # every schema error is a 400 before the request queues
+        stream = check_inputs(inputs).stream  # every schema error is a 400 before the request queues
     except InputError as e:
         raise bad_input(str(e), param=field_of(str(e))) from None
     gen, _ = await start_generation(request, request.path_params["model"], inputs)
