@@ -17,7 +17,7 @@ import requests
 import awqinfer
 import test_inputs
 from awqinfer.engine.text.inputs import parse_inputs
-from serving import Server, metric, require_tool, sse_events
+from serving import Server, metric, require_tool, sse_events, wait_for
 
 ACCOUNT_ID = "0123456789abcdef"
 MESSAGES = [{"role": "system", "content": "You are a friendly assistant"},
@@ -203,7 +203,9 @@ def test_health_and_metrics(url):
     before = metric(url, "awqinfer_generation_tokens_total")
     requests.post(run_url(url), json={"prompt": "Hello", **GREEDY})
     assert metric(url, "awqinfer_generation_tokens_total") == before + 8
-    assert metric(url, "awqinfer_requests_running") == 0 and metric(url, "awqinfer_kv_cache_bytes") == 0
+    # the scheduler retires a finished sequence at the end of the step that made its last token
+    wait_for(lambda: metric(url, "awqinfer_requests_running") == 0 and metric(url, "awqinfer_kv_cache_bytes") == 0,
+             10, "the finished sequence to be retired")
 
 
 # --- the OpenAI routes, through OpenAI's own client ----------------------------------------------
