@@ -93,8 +93,8 @@ def test_the_seeds_event_source_reading(server):
             if data == "[DONE]":
                 break
             el += json.loads(data)["response"]
-    else:
-        pytest.fail("the stream ended without [DONE]")
+        else:
+            pytest.fail("the stream ended without [DONE]")
     plain = requests.post(f"{server.url}/ai/run/{MODEL}", json={"messages": messages, "seed": 11}).json()
     assert el == plain["result"]["response"] and sensible(el)
 
