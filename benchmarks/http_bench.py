@@ -14,8 +14,8 @@ ignore EOS; awqinfer's token counts are reported, as it stops at EOS.
 
 Then, for each count N of ``--clients``, N streaming clients send the same request at once:
 to awqinfer serve (one server, its scheduler batching them), to LLM.run from N threads (the
-same scheduler, no HTTP), and to ``llama-server -np N`` (N slots, restarted for each N). Per
-engine and N: aggregate decode tokens/s (the tokens after each client's first, summed, over
+same scheduler, no HTTP), and to ``llama-server -np N`` (N slots, restarted for each N), in
+``--repeats`` rounds (rotating order). Per engine and N, medians of: aggregate decode tokens/s (the tokens after each client's first, summed, over
 the time from the first client's first token to the last client's last) and the mean time to
 first token (prefill and queueing included).
 
@@ -203,14 +203,16 @@ def report(out: dict) -> str:
                      f"time to first token {med[http]['ttft'] / med['llama-server']['ttft']:.2f}x")
     else:
         notes.append(f"llama-server: not measured ({out.get('llama_server_note', 'binary not found')})")
-    rows += ["", f"Concurrent streaming clients ({out['max_tokens']} tokens each): aggregate decode tokens/s, "
-                 "mean time to first token (s)", "",
+    rows += ["", f"Concurrent streaming clients ({out['max_tokens']} tokens each), {out['repeats']} rounds: aggregate "
+                 "decode tokens/s and mean time to first token, medians (min-max of the tokens/s)", "",
              "| clients | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for n in out["clients"]:
         cells = []
         for name in names:
             got = [r for r in out["concurrent"].get(name, []) if r["clients"] == n]
-            cells.append(f"{got[0]['agg_tok_s']:.1f} tok/s, {got[0]['mean_ttft']:.2f} s" if got else "-")
+            rates = [r["agg_tok_s"] for r in got if r["agg_tok_s"]]
+            cells.append(f"{statistics.median(rates):.1f} ({min(rates):.0f}-{max(rates):.0f}) tok/s, "
+                         f"{statistics.median(r['mean_ttft'] for r in got):.2f} s" if rates else "-")
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
     head = (f"Run {out['date']}: {out['repeats']} repeats of one greedy chat request of up to {out['max_tokens']} "
             f"tokens, streamed; {out['threads']} threads each; load average before / after: "
@@ -275,8 +277,8 @@ def main(argv=None) -> int:
             for engine in engines[i % len(engines):] + engines[:i % len(engines)]:
                 results[engine.name].append(engine.request(args.max_tokens))
         out["concurrent"] = {e.name: [] for e in engines}
-        for n in clients:
-            for engine in engines:
+        for i, n in ((i, n) for i in range(args.repeats) for n in clients):
+            for engine in engines[i % len(engines):] + engines[:i % len(engines)]:
                 if isinstance(engine, LlamaServer):  # -np N: as many slots as clients
                     engines[engines.index(engine)] = engine = restart(engine, args, n)
                 out["concurrent"][engine.name].append(concurrent(engine, n, args.max_tokens))
