@@ -100,6 +100,17 @@ def sse_events(response) -> list:
     return events
 
 
+def first_line(response) -> bytes:
+    """The first non-empty line of a streamed response, leaving the stream open.
+
+    The line iterator is kept on the response: a discarded ``iter_lines`` generator closes the
+    connection, which the server rightly takes as the client leaving.
+    """
+    if not hasattr(response, "lines"):
+        response.lines = response.iter_lines()
+    return next(line for line in response.lines if line)
+
+
 def metric(url: str, name: str, headers: dict | None = None) -> float:
     """One sample's value from GET /metrics (``name`` with its labels, as the text shows it)."""
     text = requests.get(url + "/metrics", headers=headers, timeout=10).text

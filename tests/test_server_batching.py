@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from checkpoints import make_model, set_chat_template
-from serving import Server, metric, sse_events, wait_for
+from serving import Server, first_line, metric, sse_events, wait_for
 
 LONG = {"prompt": "Tell me a story", "temperature": 0}  # greedy: no EOS before max_tokens (test_server_load)
 HOSTILE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"  # a chat template that tries to leave its sandbox
@@ -44,7 +44,7 @@ def test_two_streams_are_stepped_together_by_the_scheduler(server):
     try:
         for response in streams:
             assert response.status_code == 200
-            assert next(line for line in response.iter_lines() if line).startswith(b"data: {")
+            assert first_line(response).startswith(b"data: {")
         assert metric(server.url, "awqinfer_requests_running") == 2
         assert metric(server.url, "awqinfer_requests_waiting") == 0
         held = metric(server.url, "awqinfer_kv_cache_bytes")
@@ -64,7 +64,7 @@ def test_a_stream_alongside_another_gives_its_solo_text(server):
     url = f"{server.url}/ai/run/long-qwen2"
     alone = requests.post(url, json={**LONG, "max_tokens": 12}, timeout=60).json()["result"]["response"]
     with requests.post(url, json={**LONG, "max_tokens": 1500, "stream": True}, stream=True, timeout=60) as busy:
-        next(line for line in busy.iter_lines() if line)
+        first_line(busy)
         with requests.post(url, json={**LONG, "max_tokens": 12, "stream": True}, stream=True, timeout=60) as short:
             events = sse_events(short)
         # the short one is retired at the end of its last step; the long one runs on
