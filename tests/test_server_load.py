@@ -112,6 +112,7 @@ def test_a_client_leaving_a_plain_request_stops_its_generation(server):
 def test_a_full_queue_is_429_with_code_3040(cwd):
     with Server("--model", "tiny-qwen2", "--max-batch", "1", "--max-queue", "0", "--no-access-log", cwd=cwd) as s:
         with requests.post(run_url(s), json={**LONG, "max_tokens": 200, "stream": True}, stream=True) as busy:
+            assert busy.status_code == 200  # --max-queue 0 still runs what fits in the batch at once
             first_line(busy)  # the one place in the batch is generating now
             refused = requests.post(run_url(s), json={"prompt": "Hello", "max_tokens": 2})
             assert refused.status_code == 429 and refused.json()["errors"][0]["code"] == 3040
