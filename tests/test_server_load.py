@@ -174,7 +174,7 @@ near_schema = st.fixed_dictionaries(
     optional={name: st.one_of(json_values, st.text(min_size=1, max_size=30),
                               st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]),
                                                               "content": st.text(max_size=30)}), max_size=3))
-              for name in FIELD_NAMES})
+              for name in FIELD_NAMES if name != "max_tokens"})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
