@@ -66,6 +66,29 @@ def test_synthetic_checkpoint_loads_as_autoawq(tmp_path):
     assert synth.weight_bytes_per_token(model) > size / 2
 
 
+def test_http_benchmark_smoke(default_model, tmp_path):
+    """benchmarks/http_bench.py end to end, one repeat, 1 and 2 clients, without llama-server: its section
+    lands in RESULTS.md."""
+    from benchmarks import http_bench
+
+    (tmp_path / "RESULTS.md").write_text("# awqinfer benchmarks\n\nearlier figures\n")
+    assert http_bench.main(["--repeats", "1", "--max-tokens", "4", "--clients", "1,2", "--llama-server", "",
+                            "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "http_results.json").read_text())
+    assert set(out["engines"]) == {"awqinfer in-process", "awqinfer serve"}
+    for runs in out["engines"].values():
+        assert len(runs) == 1 and runs[0]["ttft"] > 0 and runs[0]["tokens"] >= 1
+    for rounds in out["concurrent"].values():
+        assert [r["clients"] for r in rounds] == [1, 2] and all(r["mean_ttft"] > 0 for r in rounds)
+        assert rounds[1]["tokens"] == 2 * rounds[0]["tokens"]  # greedy: both clients get the same reply
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith("# awqinfer benchmarks\n\nearlier figures\n") and "HTTP overhead" in text
+    assert "llama-server: not measured" in text
+    http_bench.main(["--repeats", "1", "--max-tokens", "4", "--clients", "", "--llama-server", "",
+                     "--out", str(tmp_path)])
+    assert (tmp_path / "RESULTS.md").read_text().count(http_bench.START) == 1  # replaced, not appended twice
+
+
 def test_batching_benchmark_smoke(tiny_llama_awq, tmp_path):
     """benchmarks/batching.py on a tiny model: every stream count and context measured, and rendered."""
     out_file = tmp_path / "batching.json"

@@ -89,6 +89,14 @@ def test_kernels_know_nothing_of_the_engine():
     assert not bad, "\n".join(bad)
 
 
+def test_the_server_uses_only_the_public_api():
+    """awqinfer.server imports awqinfer, awqinfer.errors and awqinfer.frontend, never the engine's modules."""
+    bad = [f"{a} imports {b}" for a, targets in graph().items() if a.startswith("awqinfer.server")
+           for b in targets if b.startswith("awqinfer.") and not b.startswith(("awqinfer.server", "awqinfer.errors",
+                                                                              "awqinfer.frontend"))]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_cycles():
     g = graph()
     state: dict[str, int] = {}  # 1: on the current path, 2: done

@@ -9,7 +9,9 @@ from numba.core import event
 from tqdm.auto import tqdm
 
 import awqinfer
+from awqinfer.engine.model.kv_budget import parse_bytes
 from awqinfer.engine.model.threads import resolve_threads
+from awqinfer.engine.text.scheduler import DEFAULT_MAX_BATCH
 from awqinfer.engine.text.schema import SAMPLING_FIELDS
 
 EXIT_ERROR = 1  # the model or a file could not be used
@@ -47,10 +49,34 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="local checkpoint directory, .gguf file (imported once), Hugging Face repo id, or Workers "
                         "AI name (default: the embedded SmolLM2-135M-Instruct; see `awqinfer models`)")
+    add_load_flags(p)
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: a size such as 2G, 512MiB or a number of bytes (kv_budget.parse_bytes)."""
+    try:
+        return parse_bytes(text)
+    except awqinfer.InputError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GB, 512MiB or a number of bytes, got {text!r}")
+
+
+def add_load_flags(p: argparse.ArgumentParser, batching: bool = False) -> None:
+    """How a model is loaded: --device, --threads, --kv-budget; with ``batching`` (a server) also
+    --max-batch and --max-queue, the bounds of each model's scheduler."""
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     p.add_argument("--threads", type=ranged(int, 1, None), default=None, metavar="N",
                    help=f"CPU threads for the kernels (default: the cores this process may use, here "
                         f"{resolve_threads(None)}); on a busy machine fewer can be much faster")
+    p.add_argument("--kv-budget", type=byte_size, default=None, metavar="BYTES",
+                   help="KV cache memory all running requests may hold together, e.g. 2G or 512MiB (default: half "
+                        "the memory available); a request that would exceed it waits, one larger than it is refused")
+    if batching:
+        p.add_argument("--max-batch", type=ranged(int, 1, None), default=None, metavar="N",
+                       help=f"requests decoded together in one batch, per model (default: {DEFAULT_MAX_BATCH}); "
+                            "more wait in the queue")
+        p.add_argument("--max-queue", type=ranged(int, 0, None), default=32, metavar="N",
+                       help="requests waiting for a place in the batch, per model; more are refused (HTTP 429) "
+                            "(default: 32)")
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -77,8 +103,9 @@ def sampling_inputs(args) -> dict:
 
 
 def load_model(args):
-    """``awqinfer.load`` for --model/--device/--threads (and --lora-dir where the command has it)."""
-    return awqinfer.load(args.model, device=args.device, threads=args.threads, lora_dir=getattr(args, "lora_dir", None))
+    """``awqinfer.load`` for --model and the load flags (add_load_flags), and --lora-dir where the command has it."""
+    return awqinfer.load(args.model, device=args.device, threads=args.threads, kv_budget=args.kv_budget,
+                         lora_dir=getattr(args, "lora_dir", None))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> int:

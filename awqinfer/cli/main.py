@@ -6,12 +6,12 @@ import sys
 
 import awqinfer
 
-from . import chat, convert, models, quantize, run, trace
+from . import chat, convert, models, quantize, run, serve, trace
 from . import eval as evaluate
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser, compile_notice, fail
 
-COMMANDS = {"run": run, "chat": chat, "models": models, "convert": convert, "quantize": quantize,  # name -> module
-            "eval": evaluate, "trace": trace}
+COMMANDS = {"run": run, "chat": chat, "serve": serve, "models": models, "convert": convert,  # name -> module
+            "quantize": quantize, "eval": evaluate, "trace": trace}
 
 
 def build_parser() -> Parser:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from awqinfer.engine.llm import join_chunks
+from awqinfer.engine.llm import join_chunks, json_mode
 
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, add_model_flags, add_sampling_flags, add_verbose_flag, fail, \
     load_model, sampling_inputs
@@ -105,11 +105,6 @@ def run_options(args) -> dict:
     if args.tool_choice is None or args.tool_choice in ("auto", "none", "required"):
         return {"tool_choice": args.tool_choice}
     return {"tool_choice": {"type": "function", "function": {"name": args.tool_choice}}}
-
-
-def json_mode(inputs: dict) -> bool:
-    """Whether ``inputs`` (already accepted by run) ask for JSON output: then ``response`` is parsed."""
-    return inputs.get("response_format", {}).get("type", "text") != "text"
 
 
 def main(args) -> int:

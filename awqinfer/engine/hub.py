@@ -63,8 +63,12 @@ CACHE_ENV = "AWQINFER_CACHE"
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 
 
-def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool]:
-    """``model`` -> (checkpoint directory on this machine, whether to load it as int8)."""
+def resolve(model: str | Path | None, progress: bool = True, offline: bool | None = None) -> tuple[Path, bool]:
+    """``model`` -> (checkpoint directory on this machine, whether to load it as int8).
+
+    ``offline``: True never downloads (a server resolving a request's model name), False may,
+    None follows HF_HUB_OFFLINE.
+    """
     if model is None or str(model) == DEFAULT_NAME:
         return default_model_dir(progress=progress), False
     name = os.fspath(model) if isinstance(model, os.PathLike) else str(model)
@@ -77,9 +81,9 @@ def resolve(model: str | Path | None, progress: bool = True) -> tuple[Path, bool
         return path, False
     known = WORKERS_AI_MODELS.get(name)
     if known is not None:
-        return hf_snapshot(known.repo), known.int8
+        return hf_snapshot(known.repo, offline), known.int8
     if _looks_like_repo_id(name):
-        return hf_snapshot(name), False
+        return hf_snapshot(name, offline), False
     raise ModelNotFoundError(
         f"model {name!r}: not a local directory, a .gguf file, a Hugging Face repo id (owner/name), or a known name "
         f"({', '.join([DEFAULT_NAME, *WORKERS_AI_MODELS])})"
@@ -99,14 +103,18 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def hf_snapshot(repo: str) -> Path:
-    """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline."""
+def hf_snapshot(repo: str, offline: bool | None = None) -> Path:
+    """The local snapshot of ``repo`` (only HF_FILES), downloaded when online, from the cache when offline.
+
+    ``offline`` (default: HF_HUB_OFFLINE) True takes it from the cache only, never from the network.
+    """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     fetch = f"hf download {repo} --include " + " ".join(f"'{p}'" for p in HF_FILES)
+    local_only = _offline() if offline is None else offline
     try:
-        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, local_files_only=_offline()))
+        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, local_files_only=local_only))
     except GatedRepoError:
         raise ModelNotFoundError(
             f"model repo {repo!r} is gated: accept its licence on huggingface.co, log in (`hf auth login`), "
@@ -114,8 +122,8 @@ def hf_snapshot(repo: str) -> Path:
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model repo {repo!r} does not exist on the Hugging Face Hub (or is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        why = "is offline (HF_HUB_OFFLINE is set)" if _offline() else \
-            f"cannot reach the Hub at {constants.ENDPOINT}"
+        why = ("is offline (HF_HUB_OFFLINE is set)" if _offline() else "does not download here" if local_only
+               else f"cannot reach the Hub at {constants.ENDPOINT}")
         raise ModelNotFoundError(
             f"model repo {repo!r} is not in the Hugging Face cache and awqinfer {why}; "
             f"fetch it on a connected machine with `{fetch}`") from None

@@ -127,6 +127,11 @@ class LLM:
             chunks = read_tool_calls(chunks)
         return chunks if request.stream else join_chunks(chunks, parse_json=request.json_schema is not None)
 
+    @property
+    def requests(self) -> tuple[int, int]:
+        """(running, waiting): the sequences this model's scheduler steps now, and those queued for a place."""
+        return self.scheduler.counts
+
     def fit_messages(self, messages: list[dict], max_tokens: int = FIELDS["max_tokens"].default,
                      tools: list | None = None, functions: list | None = None) -> tuple[list[dict], int]:
         """``messages`` with their oldest turns dropped until the prompt leaves room for ``max_tokens``.
@@ -181,6 +186,11 @@ class LLM:
                 yield {"response": text + decoder.finish(), "usage": usage, "finish_reason": reason}
 
 
+def json_mode(inputs: dict) -> bool:
+    """Whether ``inputs`` (already accepted by run) ask for JSON output: then ``response`` is parsed."""
+    return inputs.get("response_format", {}).get("type", "text") != "text"
+
+
 def join_chunks(chunks, parse_json: bool = False) -> dict:
     """The non-streamed result: the chunks' text joined, the usage, finish reason and tool calls of the last.
 
@@ -225,7 +235,7 @@ def load(model: str | Path | None = None, device: str = "cpu", threads: int | No
     check_kv_dtype(kv_dtype)
     check_bounds(max_batch, max_queue)
     if kv_budget is not None:
-        KV_BUDGET.set_limit(kv_budget)
+        set_kv_budget(kv_budget)
     directory, int8 = hub.resolve(model)
     name = hub.DEFAULT_NAME if model is None else str(model)
     return LLM.from_directory(directory, name, device, int8, threads, kv_dtype, max_batch, max_queue, lora_dir)
@@ -244,6 +254,16 @@ def adapter_dirs(lora_dir: str | Path) -> dict[str, Path]:
         raise InputError(f"lora_dir: {root} holds no adapter folders (expected one subfolder per adapter, each "
                          "with adapter_config.json and adapter_model.safetensors)")
     return named
+
+
+def set_kv_budget(limit: int | str) -> None:
+    """Set the process-wide KV memory budget (bytes, or a size such as "4GB"); InputError if malformed."""
+    KV_BUDGET.set_limit(limit)
+
+
+def kv_cache_usage() -> tuple[int, int]:
+    """(bytes of KV cache reserved by the live sequences of every model, the process's KV budget in bytes)."""
+    return KV_BUDGET.reserved, KV_BUDGET.limit
 
 
 def run(model, inputs: dict, device: str = "cpu"):

@@ -127,7 +127,9 @@ class Scheduler:
         KV_BUDGET.check_fits(seq.kv_bytes, f"a request of {seq.capacity} positions (prompt + max_tokens)")
         entry = _Entry(seq)
         with self._lock:
-            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+            # a place free in the batch takes the next waiting sequence at once: it does not count as queued
+            room = max(0, self.max_batch - len(self._running))
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue + room:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting (max_queue {self.max_queue})")
             self._waiting.append(entry)
             if self._thread is None:
