@@ -13,6 +13,7 @@ Skipped only when Ray cannot be imported (and then a failure in CI, whose .ci/ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -100,21 +101,29 @@ def model_dir(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("ray_qwen2"), "qwen2", max_positions=4096)
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc): Ray's GCS, raylet, workers, replicas, proxy."""
-    children: dict[int, list[int]] = {}
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (from /proc: Ray's GCS, raylet, workers, replicas, proxy) -> its start time."""
+    children: dict[int, list[tuple[int, str]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
+        children.setdefault(int(fields[1]), []).append((int(stat.parent.name), fields[19]))
+    found, todo = {}, [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
+        for child, started in children.get(todo.pop(), []):
+            found[child] = started
             todo.append(child)
     return found
+
+
+def alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (not a reused pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == started
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -127,21 +136,25 @@ def ray_server(model_dir, tmp_path_factory):
     try:
         yield server
     finally:
-        started |= descendants(server.proc.pid)
+        started.update(descendants(server.proc.pid))
         t0 = time.monotonic()
         code = server.stop(signal.SIGTERM, timeout=SHUTDOWN_TIMEOUT)
         port = int(server.url.rsplit(":", 1)[1])
         try:
             assert code == 0, server.log()[-3000:]
-            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), SHUTDOWN_TIMEOUT,
-                     "the processes of the Ray instance to exit")
+            try:
+                wait_for(lambda: not any(alive(*p) for p in started.items()), SHUTDOWN_TIMEOUT,
+                         "the processes of the Ray instance to exit")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; still running: {[p for p in started.items() if alive(*p)]}") from None
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, "Ray's proxy still listens"
             assert time.monotonic() - t0 < SHUTDOWN_TIMEOUT
         finally:
-            for pid in started:  # only if the checks above failed: leave nothing running
-                if Path(f"/proc/{pid}").exists():
-                    os.kill(pid, signal.SIGKILL)
+            for pid, at in started.items():  # only if the checks above failed: leave nothing running
+                if alive(pid, at):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
