@@ -228,7 +228,7 @@ def test_errors_auth_health_and_metrics_keep_their_shapes(ray_server, model_dir)
     bad = requests.post(run_url(url, model_dir), json={"prompt": "hi", "temperature": 9}, headers=AUTH, timeout=60)
     assert bad.status_code == 400 and bad.json()["errors"][0]["code"] == 5006, bad.text
     missing = requests.post(url + "/v1/chat/completions", headers=AUTH, timeout=60,
-                            json={"model": "no-such-model", "messages": MESSAGES})
+                            json={"model": "no/such-model", "messages": MESSAGES})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found", missing.text
     health = requests.get(url + "/health", timeout=60)  # open without the key, as in the plain server
     assert health.status_code == 200 and health.json()["models"] == [str(model_dir)]

@@ -163,11 +163,12 @@ def stop(joined: bool) -> None:
 
 
 def serve_until_signal(spec: ReplicaSpec, scaling: Scaling, host: str, port: int, address: str | None) -> None:
-    """``awqinfer serve --ray``: start, print the URL, serve until SIGINT or SIGTERM, then stop."""
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """``awqinfer serve --ray``: start, print the URL, serve until SIGINT or SIGTERM, then stop (exit status 0)."""
     try:
         url = start(spec, scaling, host, port, address)
+        stopping = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose own SIGTERM handler exits with 15
+            signal.signal(sig, lambda *_: stopping.set())
         count = (f"{scaling.autoscale[0]}..{scaling.autoscale[1]} replicas (autoscaled)" if scaling.autoscale
                  else f"{scaling.replicas} replica{'s' * (scaling.replicas != 1)}")
         print(f"awqinfer: serving on {url} (playground: {url}/) with Ray Serve, {count}, each {scaling.cpus:g} "
@@ -177,5 +178,3 @@ def serve_until_signal(spec: ReplicaSpec, scaling: Scaling, host: str, port: int
     finally:
         if ray.is_initialized():
             stop(joined=address is not None)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
