@@ -15,6 +15,7 @@ import sys
 
 import awqinfer
 
+from . import serve_ray
 from .common import EXIT_ERROR, EXIT_USAGE, add_load_flags, fail, ranged
 
 KEY_ENV = "AWQINFER_API_KEY"
@@ -46,6 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shutdown-timeout", type=ranged(float, 0, None), default=5.0, metavar="SECONDS",
                    help="on SIGTERM, how long running generations may finish before they are stopped (default: 5)")
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve_ray.add_ray_flags(p)  # --ray, --replicas, --autoscale, --address, ... (issue 18)
 
 
 def main(args) -> int:
@@ -57,6 +59,8 @@ def main(args) -> int:
     key = args.api_key if args.api_key is not None else os.environ.get(KEY_ENV) or None
     if key is not None and not key.strip():
         return fail("--api-key: got an empty key", EXIT_USAGE)
+    if serve_ray.wanted(args):  # Ray Serve replicas serve instead of this process (issue 18)
+        return serve_ray.main(args, key)
     try:
         sock = listen(args.host, args.port)  # first, so a taken port is an error before a long load
     except OSError as e:
