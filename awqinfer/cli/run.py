@@ -80,13 +80,13 @@ def build_inputs(args) -> dict:
         if args.lora_dir is None:
             raise ValueError("--lora NAME picks an adapter of --lora-dir DIR; give --lora-dir too")
         inputs["lora"] = args.lora
-    if getattr(args, "json_schema", None) is not None:  # nor the JSON and tools flags
+    if args.json_schema is not None:
         inputs["response_format"] = {"type": "json_schema", "json_schema": read_json("--json-schema", args.json_schema)}
-    elif getattr(args, "json_object", False):
+    elif args.json_object:
         inputs["response_format"] = {"type": "json_object"}
-    elif getattr(args, "tools", None) is not None:
+    elif args.tools is not None:
         inputs["tools"] = read_json("--tools", args.tools)
-    if getattr(args, "tool_choice", None) is not None and "tools" not in inputs and "functions" not in inputs:
+    if args.tool_choice is not None and "tools" not in inputs and "functions" not in inputs:
         raise ValueError("--tool-choice needs tools (--tools, or 'tools' / 'functions' in --inputs)")
     return {**inputs, **sampling_inputs(args)}
 

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
                    help="Workers AI inputs as a JSON object (as run takes them) instead of PROMPT")
     add_model_flags(p)
     add_sampling_flags(p)
-    p.set_defaults(truncate=False)  # run's --truncate: a trace never drops turns
+    # run's --truncate, JSON and tools flags: a trace never drops turns and samples free text
+    p.set_defaults(truncate=False, tools=None, json_schema=None, json_object=False, tool_choice=None)
     p.add_argument("--raw", action="store_true", help="send PROMPT as is, without the chat template")
     p.add_argument("--heads", type=heads_list, default=None, metavar="LIST",
                    help="query heads whose attention is shown, e.g. 0,3,6 (default: the first head of each "
