@@ -217,6 +217,19 @@ def batching_section(b: dict) -> list[str]:
     return lines + (["", "![aggregate decode tokens/s against concurrent streams](batching.png)"] if "streams" in b else [])
 
 
+def _save(fig, ax, path: Path) -> bool:
+    """Finish a plot the same way for every figure (zero-based y, grid, legend) and write it to ``path``."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_streams(b: dict, path: Path) -> bool:
     """Aggregate decode tokens/s against concurrent streams, awqinfer and llama.cpp; False without matplotlib."""
     try:
@@ -235,13 +248,7 @@ def plot_streams(b: dict, path: Path) -> bool:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("aggregate decode tokens/s")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path)
 
 
 def fmt_load(load) -> str:
@@ -269,10 +276,4 @@ def plot(out, path: Path) -> bool:
     ax.set_xlabel("tokens in the KV cache")
     ax.set_ylabel("decode tokens/s (median, min-max)")
     ax.set_title(f"Decode speed vs context, {out['machine']['cores']} cores")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path)
