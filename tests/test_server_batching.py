@@ -110,3 +110,34 @@ def test_run_and_serve_share_the_kv_budget_flag(cwd):
     assert small.returncode == 2 and "KV budget" in small.stderr and "Traceback" not in small.stderr, small.stderr
     ok = awqinfer_cli("run", "--model", "tiny-qwen2", "--kv-budget", "8M", "--max-tokens", "3", "Hi", cwd=cwd)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_sixteen_requests_against_a_budget_that_holds_three_all_complete(server):
+    """--kv-budget 1MB holds 3906 positions: three requests of ~1260 at a time, though --max-batch is 4.
+    Sixteen sent at once all answer 200 (the others wait for room, none fails), at most three running."""
+    import threading
+
+    results, peak, done = [None] * 16, [0], threading.Event()
+
+    def send(i):
+        results[i] = requests.post(f"{server.url}/ai/run/long-qwen2",
+                                   json={"prompt": f"Hi {i}", "max_tokens": 1240, "temperature": 0}, timeout=600)
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], metric(server.url, "awqinfer_requests_running"))
+            done.wait(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    senders = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(timeout=600)
+    done.set()
+    watcher.join()
+    assert all(r is not None and r.status_code == 200 for r in results), [r and r.text for r in results]
+    assert all(r.json()["result"]["usage"]["completion_tokens"] >= 1 for r in results)
+    assert 2 <= peak[0] <= 3  # batched, and bounded by the budget, not by --max-batch
+    assert metric(server.url, "awqinfer_kv_cache_bytes") == 0
