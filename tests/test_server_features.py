@@ -76,3 +76,17 @@ def test_tools_answer_as_in_process_streamed_and_whole(server, local):
     events = [e for e in events if isinstance(e, dict)]
     assert "".join(e["response"] for e in events) == whole["response"]
     assert events[-1].get("tool_calls", []) == whole.get("tool_calls", [])
+
+
+def test_an_adapter_is_a_model_to_openai_clients(server, local):
+    """As vLLM serves them: /v1/models lists the adapters, and an adapter's name as ``model`` is the base
+    model with that adapter (the same text as Workers AI's ``lora`` field)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    assert "style" in [m.id for m in client.models.list().data]
+    messages = [{"role": "user", "content": "Hello there"}]
+    reply = client.chat.completions.create(model="style", messages=messages, max_tokens=12, temperature=0)
+    assert reply.model == "style"
+    assert reply.choices[0].message.content == local.run({"messages": messages, "max_tokens": 12, "temperature": 0,
+                                                          "lora": "style"})["response"]

@@ -95,9 +95,20 @@ class Models:
     def llms(self) -> list[LLM]:
         return [llm for _, llm in self.loaded()]
 
+    def adapter(self, name: str) -> tuple[str, str] | None:
+        """(the first model loaded at start, ``name``) when ``name`` is one of its LoRA adapters, else None:
+        how an OpenAI client picks an adapter, as its ``model`` (as vLLM serves them)."""
+        if not self._pinned:
+            return None
+        key, llm = next(iter(self._pinned.items()))
+        return (self._names[key], name) if name in llm.adapters else None
+
     def available(self) -> list[str]:
-        """Names a request can use without a download: the loaded models, then the known names on this machine."""
+        """Names a request can use without a download: the loaded models, their LoRA adapters (as OpenAI's
+        ``model``), then the known names on this machine."""
         names = [name for name, _ in self.loaded()]
+        if self._pinned:
+            names += [a for a in next(iter(self._pinned.values())).adapters if a not in names]
         for row in known_models():
             if row["cached"] and row["name"] not in names and not (row["default"] and DEFAULT_NAME in names):
                 names.append(row["name"])

@@ -146,8 +146,12 @@ async def _complete(request: Request, chat: bool):
         check_inputs(req.inputs)  # the Workers AI schema's own checks, before the request queues
     except InputError as e:
         raise bad_input(str(e), param=field_of(str(e))) from None
-    gen, model = await start_generation(request, req.model, req.inputs)
-    shape, completion = Shape(chat, model), Completion(gen, req.stop)
+    model, inputs = req.model, req.inputs
+    adapter = state(request).models.adapter(model)
+    if adapter is not None:  # an adapter's name as the model: the base model with that adapter
+        model, inputs = adapter[0], {**inputs, "lora": adapter[1]}
+    gen, _ = await start_generation(request, model, inputs)
+    shape, completion = Shape(chat, req.model), Completion(gen, req.stop)
     if req.stream:
         return EventStream(_events(completion, shape, req.include_usage), gen)
     return JSONResponse(await until_disconnect(request, _whole(completion, shape)))
