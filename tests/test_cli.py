@@ -51,7 +51,8 @@ def test_run_streamed_json_and_stdin_agree(tiny_qwen2):
 
 
 def test_console_script_and_system_flag(tiny_qwen2):
-    script = shutil.which("awqinfer")
+    # where pip put it: beside this interpreter (a venv's bin/, on PATH only once activated), else on PATH
+    script = shutil.which("awqinfer", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     assert script, "the awqinfer console script is not installed (pip install -e .)"
     proc = subprocess.run([script, "run", "--model", str(tiny_qwen2), *GREEDY, "--json", "--system", "Be brief",
                            "Hi"], capture_output=True, text=True, timeout=300)

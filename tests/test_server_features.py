@@ -90,3 +90,24 @@ def test_an_adapter_is_a_model_to_openai_clients(server, local):
     assert reply.model == "style"
     assert reply.choices[0].message.content == local.run({"messages": messages, "max_tokens": 12, "temperature": 0,
                                                           "lora": "style"})["response"]
+
+
+def test_json_mode_through_the_openai_client(server, local):
+    """OpenAI's response_format json_schema ({name, schema}) is Workers AI's JSON mode: the content is the
+    JSON text of the same object, streamed and not."""
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    messages = [{"role": "user", "content": "A city and a year"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
+    reply = client.chat.completions.create(model="qwen2", messages=messages, max_tokens=200, seed=7,
+                                           response_format=fmt)
+    value = json.loads(reply.choices[0].message.content)
+    jsonschema.validate(value, SCHEMA)
+    assert value == local.run({"messages": messages, "max_tokens": 200, "seed": 7,
+                               "response_format": {"type": "json_schema", "json_schema": SCHEMA}})["response"]
+    streamed = client.chat.completions.create(model="qwen2", messages=messages, max_tokens=200, seed=7,
+                                              response_format=fmt, stream=True)
+    assert json.loads("".join(c.choices[0].delta.content or "" for c in streamed if c.choices)) == value

@@ -18,8 +18,8 @@
 
 Accepted because they never change the output: ``user``, ``metadata``, ``safety_identifier``,
 ``prompt_cache_key``, ``parallel_tool_calls``. Every other parameter is accepted only with the
-value that asks for nothing (``n`` 1, ``logprobs`` false, ``tools`` [], ``response_format``
-{"type": "text"}, ...) and is otherwise a 400 naming it; an unknown parameter is a 400 too, as
+value that asks for nothing (``n`` 1, ``logprobs`` false, ``tools`` [], ...) and is otherwise
+a 400 naming it (``response_format`` on chat: JSON mode, mapped to Workers AI's); an unknown parameter is a 400 too, as
 OpenAI answers it. ``null`` stands for "not given" everywhere.
 """
 
@@ -37,7 +37,6 @@ NEUTRAL = {  # parameter -> (accepted value test, the allowed values in words)
     "logprobs": (lambda v: v is False or (type(v) is int and v == 0), "false (log probabilities are not returned)"),
     "top_logprobs": (lambda v: type(v) is int and v == 0, "0 (log probabilities are not returned)"),
     "logit_bias": (lambda v: v == {}, "{} (logit bias is not supported)"),
-    "response_format": (lambda v: v == {"type": "text"}, '{"type": "text"} (structured output is not supported)'),
     "tools": (lambda v: v == [], "[] (tool calling is not supported)"),
     "tool_choice": (lambda v: v in ("none", "auto"), '"none" or "auto" (tool calling is not supported)'),
     "functions": (lambda v: v == [], "[] (function calling is not supported)"),
@@ -53,7 +52,7 @@ NEUTRAL = {  # parameter -> (accepted value test, the allowed values in words)
 }
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "frequency_penalty",
           "presence_penalty", "seed", "stop", "top_k", "repetition_penalty"}
-CHAT_PARAMS = COMMON | {"messages", "max_completion_tokens"} | PASSIVE | (set(NEUTRAL) - {"echo", "suffix", "best_of"})
+CHAT_PARAMS = COMMON | {"messages", "max_completion_tokens", "response_format"} | PASSIVE | (set(NEUTRAL) - {"echo", "suffix", "best_of"})
 COMPLETION_PARAMS = COMMON | {"prompt", "user", "logit_bias", "logprobs", "n", "echo", "suffix", "best_of"}
 RANGES = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
 MAX_STOPS = 4
@@ -76,7 +75,24 @@ def chat_request(body) -> OpenAIRequest:
     sampling = common.pop("inputs")
     if body.get("messages") is None:
         raise bad_input("messages: required", "messages")
-    return OpenAIRequest(inputs={"messages": _messages(body["messages"]), **sampling}, **common)
+    fmt = _response_format(body.get("response_format"))
+    return OpenAIRequest(inputs={"messages": _messages(body["messages"]), **sampling, **fmt}, **common)
+
+
+def _response_format(value) -> dict:
+    """OpenAI's response_format -> Workers AI's: {"type": "json_schema", "json_schema": {"name", "schema",
+    "strict"}} gives the schema itself as Workers AI's json_schema; json_object stays; text (or null) is free text.
+    The engine checks the schema (InputError naming response_format.json_schema)."""
+    if value is None or value == {"type": "text"}:
+        return {}
+    if value == {"type": "json_object"}:
+        return {"response_format": value}
+    if isinstance(value, dict) and value.get("type") == "json_schema" and isinstance(value.get("json_schema"), dict) \
+            and isinstance(value["json_schema"].get("schema"), dict):
+        return {"response_format": {"type": "json_schema", "json_schema": value["json_schema"]["schema"]}}
+    raise bad_input(f"response_format: got {describe_value(value)}; allowed: {{\"type\": \"text\"}}, "
+                    "{\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": "
+                    "{\"name\": ..., \"schema\": {...}}}", "response_format")
 
 
 def completion_request(body) -> OpenAIRequest:
