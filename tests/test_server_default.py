@@ -76,7 +76,8 @@ def test_the_seeds_run_helper_and_curl_call(server):
                '{ "role": "user", "content": "Why is pizza so good" }]}'],
         capture_output=True, text=True, timeout=300)
     answer = json.loads(proc.stdout)["result"]["response"]
-    assert sensible(answer) and "pizza" in answer.lower(), answer
+    # sampled (the seed's body sets no seed or temperature): on topic, in one of the words it would use
+    assert sensible(answer) and re.search(r"pizza|chees|crust|sauce|topping|dough", answer.lower()), answer
 
 
 def test_the_seeds_event_source_reading(server):
