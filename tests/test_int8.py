@@ -80,7 +80,7 @@ def test_int8_model_matches_its_dequantised_twin_and_the_fp_model(tiny_fp16):
 
 def test_llama2_int8_name_loads_its_repo_as_int8(tiny_fp16, monkeypatch):
     asked = []
-    monkeypatch.setattr(hub, "hf_snapshot", lambda repo: asked.append(repo) or tiny_fp16)
+    monkeypatch.setattr(hub, "hf_snapshot", lambda repo, *offline: asked.append(repo) or tiny_fp16)
     llm = load("@cf/meta/llama-2-7b-chat-int8")
     assert asked == ["meta-llama/Llama-2-7b-chat-hf"]
     assert isinstance(llm.model.weights.layers[0].gate_up, Int8Linear)

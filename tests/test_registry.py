@@ -43,7 +43,7 @@ def test_missing_path_object_is_a_clear_error(tmp_path):
 ])
 def test_names_map_to_repos(name, repo, int8, monkeypatch, tmp_path):
     asked = []
-    monkeypatch.setattr(registry, "hf_snapshot", lambda r: asked.append(r) or tmp_path)
+    monkeypatch.setattr(registry, "hf_snapshot", lambda r, *offline: asked.append(r) or tmp_path)
     assert registry.resolve(name) == (tmp_path, int8)
     assert asked == [repo]
 
