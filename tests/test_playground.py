@@ -99,7 +99,7 @@ def test_stop_cancels_the_generation_and_bad_values_show_the_servers_error(serve
     cancelled = metric(server.url, 'awqinfer_generations_total{outcome="cancelled"}')
     _fill(browser, "f-max_tokens", 3000)  # some 15 s of decoding: Stop comes long before the end
     _fill(browser, "f-temperature", 0)
-    _send(browser, "Tell me a story", 60, until=("streaming",))
+    _send(browser, "Tell me a story", 180, until=("streaming",))  # its first use loads the model
     wait_for(lambda: int(browser.find_element(By.ID, "stats").get_attribute("data-chunks")) > 0, 60, "a chunk")
     browser.find_element(By.ID, "stop").click()
     wait_for(lambda: browser.find_element(By.ID, "stats").get_attribute("data-state") == "stopped", 30, "stopped")
