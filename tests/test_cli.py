@@ -158,7 +158,10 @@ def test_ctrl_c_stops_generation_cleanly(default_model):
     # counting on from a raw prompt: a long reply whatever the build's weights (a story may end at once)
     proc = subprocess.Popen([sys.executable, "-m", "awqinfer", "run", "--max-tokens", "2000", "--temperature", "0",
                              "--raw", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+                            # Ctrl-C as a terminal delivers it, even when pytest runs where SIGINT is ignored
+                            # (a background job): an ignored SIGINT is inherited and Python keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.read(1)  # generation has started
         proc.send_signal(signal.SIGINT)
