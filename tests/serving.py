@@ -20,6 +20,19 @@ import requests
 
 START_TIMEOUT = 180  # seconds: loading kernels from a cold Numba cache on a busy machine
 
+# A generation no machine finishes while a test acts on it (a Stop, a SIGTERM, a client that leaves):
+# the tiny model decodes ~900 tokens/s on a quiet core here, so 3000 tokens were over in 3 s, before
+# a 5 s shutdown grace ran out. LONG_TOKENS takes over a minute; tests cut it long before its end.
+LONG_POSITIONS = 1 << 16
+LONG_TOKENS = 60_000
+
+
+def make_long_model(directory: Path) -> Path:
+    """The tiny Qwen2 checkpoint with room for LONG_TOKENS: greedy, its story never reaches EOS."""
+    from checkpoints import make_model
+
+    return make_model(directory, "qwen2", max_positions=LONG_POSITIONS)
+
 
 class Server:
     """``python -m awqinfer serve --port 0 ARGS`` in ``cwd``; ``url`` once it answers /health."""

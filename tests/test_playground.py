@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from checkpoints import make_model
-from serving import Server, metric, require_tool, wait_for
+from serving import LONG_TOKENS, Server, make_long_model, metric, require_tool, wait_for
 
 SYSTEM = "You are a friendly assistant"
 
@@ -19,7 +18,7 @@ SYSTEM = "You are a friendly assistant"
 def server(tmp_path_factory, tiny_qwen2):
     root = tmp_path_factory.mktemp("served")
     (root / "tiny-qwen2").symlink_to(tiny_qwen2)
-    make_model(root / "long-qwen2", "qwen2", max_positions=4096)  # greedy, it runs to max_tokens (test_server_load)
+    make_long_model(root / "long-qwen2")
     with Server("--model", "tiny-qwen2", "--model", "long-qwen2", "--no-access-log", cwd=root) as s:
         yield s
 
@@ -52,13 +51,20 @@ def _fill(browser, field_id: str, value) -> None:
     element.send_keys(str(value))
 
 
-def _send(browser, prompt: str, timeout: float, until=("done", "error", "stopped")) -> None:
+ENDS = ("done", "error", "stopped")  # the states a reply ends in
+
+
+def _send(browser, prompt: str, timeout: float, until=ENDS) -> None:
     from selenium.webdriver.common.by import By
 
     _fill(browser, "prompt", prompt)
     browser.find_element(By.ID, "send").click()
-    wait_for(lambda: browser.find_element(By.ID, "stats").get_attribute("data-state") in until, timeout,
-             f"the page to reach {until}")
+    def reached():
+        state = browser.find_element(By.ID, "stats").get_attribute("data-state")
+        return state if state in ENDS + until else None
+
+    state = wait_for(reached, timeout, f"the page to reach {until}")
+    assert state in until, f"the page reached {state!r}, not {until}: " + browser.find_element(By.ID, "error").text
 
 
 def test_type_a_prompt_press_send_and_watch_it_stream(server, browser):
@@ -97,10 +103,13 @@ def test_stop_cancels_the_generation_and_bad_values_show_the_servers_error(serve
              "the model list")
     Select(browser.find_element(By.ID, "model")).select_by_value("long-qwen2")
     cancelled = metric(server.url, 'awqinfer_generations_total{outcome="cancelled"}')
-    _fill(browser, "f-max_tokens", 3000)  # some 15 s of decoding: Stop comes long before the end
+    _fill(browser, "f-max_tokens", LONG_TOKENS)  # Stop comes long before the end
     _fill(browser, "f-temperature", 0)
     _send(browser, "Tell me a story", 180, until=("streaming",))  # its first use loads the model
-    wait_for(lambda: int(browser.find_element(By.ID, "stats").get_attribute("data-chunks")) > 0, 60, "a chunk")
+    wait_for(lambda: int(browser.find_element(By.ID, "stats").get_attribute("data-chunks")) > 200, 60,
+             "a reply longer than a line")
+    # The tiny model's reply has no spaces to break at: it wraps in its column, the page stays as wide as the window
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     browser.find_element(By.ID, "stop").click()
     wait_for(lambda: browser.find_element(By.ID, "stats").get_attribute("data-state") == "stopped", 30, "stopped")
     wait_for(lambda: metric(server.url, 'awqinfer_generations_total{outcome="cancelled"}') == cancelled + 1, 30,

@@ -28,8 +28,7 @@ import pytest
 import requests
 
 import awqinfer
-from checkpoints import make_model
-from serving import Server, sse_events, wait_for
+from serving import LONG_TOKENS, Server, make_long_model, sse_events, wait_for
 
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -98,7 +97,7 @@ def test_replica_sizing_and_autoscaling_options():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """Qwen2-shaped tiny checkpoint with room for a long greedy generation (the disconnect test)."""
-    return make_model(tmp_path_factory.mktemp("ray_qwen2"), "qwen2", max_positions=4096)
+    return make_long_model(tmp_path_factory.mktemp("ray_qwen2"))
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -249,10 +248,10 @@ def cancelled_on(url: str, replica: str) -> float:
 
 
 def test_a_client_that_leaves_cancels_the_replicas_generation(ray_server, model_dir):
-    """A greedy 4000-token stream (seconds of work) cut after two events is cancelled on its replica."""
+    """A greedy LONG_TOKENS stream (a minute of work) cut after two events is cancelled on its replica."""
     url = ray_server.url
     with requests.post(run_url(url, model_dir), headers=AUTH, stream=True, timeout=60,
-                       json={"prompt": "Tell me a story", "max_tokens": 4000, "temperature": 0, "stream": True}) as r:
+                       json={"prompt": "Tell me a story", "max_tokens": LONG_TOKENS, "temperature": 0, "stream": True}) as r:
         assert r.status_code == 200
         replica = replica_of(r)[0]
         before = cancelled_on(url, replica)  # counted while this stream runs: it has not ended

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import awqinfer
-from checkpoints import make_model
-from serving import Server, first_line, metric, sse_events, wait_for
+from serving import LONG_TOKENS, Server, first_line, make_long_model, metric, sse_events, wait_for
 
 LONG = {"prompt": "Tell me a story", "temperature": 0}  # greedy: no EOS before the context is full
 
@@ -29,7 +28,7 @@ LONG = {"prompt": "Tell me a story", "temperature": 0}  # greedy: no EOS before 
 def cwd(tmp_path_factory, tiny_qwen2):
     root = tmp_path_factory.mktemp("served")
     (root / "tiny-qwen2").symlink_to(tiny_qwen2)
-    make_model(root / "long-qwen2", "qwen2", max_positions=4096)
+    make_long_model(root / "long-qwen2")
     return root
 
 
@@ -147,7 +146,7 @@ def test_sigterm_finishes_short_streams_and_cuts_long_ones_cleanly(cwd):
     try:
         requests.post(run_url(s, "long-qwen2"), json={"prompt": "Hi", "max_tokens": 2})  # kernels loaded
         short = requests.post(run_url(s, "long-qwen2"), json={**LONG, "max_tokens": 20, "stream": True}, stream=True)
-        long = requests.post(run_url(s, "long-qwen2"), json={**LONG, "max_tokens": 3000, "stream": True}, stream=True)
+        long = requests.post(run_url(s, "long-qwen2"), json={**LONG, "max_tokens": LONG_TOKENS, "stream": True}, stream=True)
         for response in (short, long):
             assert response.status_code == 200
         s.proc.send_signal(signal.SIGTERM)
