@@ -275,7 +275,7 @@ def test_stop_sequences_end_the_text_before_them(client):
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "no-schema"}}}, "response_format"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
      "response_format.json_schema"),

@@ -33,7 +33,7 @@ class ShuttingDown(Exception):
 class Generation:
     """One request's generation as the loop sees it: the engine's chunks, timings, and ``cancel``.
 
-    outcome, once ended: "stop" / "length" (the engine's finish reason), "cancelled", "invalid"
+    outcome, once ended: "stop" / "length" / "tool_calls" (the engine's finish reason), "cancelled", "invalid"
     (the engine refused the inputs) or "error"; ``cancel_reason`` says who cancelled.
     """
 
@@ -107,8 +107,10 @@ class Engine:
         """The LLMs that running generations use (an evicted model may still be serving one)."""
         return list({id(g.llm): g.llm for g in self._live}.values())
 
-    async def start(self, llm, inputs: dict) -> Generation:
+    async def start(self, llm, inputs: dict, options: dict | None = None) -> Generation:
         """Submit ``inputs`` to ``llm``'s scheduler and return its Generation once it is queued there.
+
+        ``options``: more keyword arguments of ``llm.run`` (tool_choice, parallel_tool_calls).
 
         Raises QueueFull (the scheduler's queue is full) or ShuttingDown before anything runs,
         and InputError when the engine's own checks refuse the inputs (a prompt longer than the
@@ -119,7 +121,7 @@ class Engine:
             raise ShuttingDown()
         gen = Generation(llm, asyncio.get_running_loop())
         self._live.add(gen)
-        threading.Thread(target=self._work, args=(gen, inputs), name="awqinfer-stream", daemon=True).start()
+        threading.Thread(target=self._work, args=(gen, inputs, options or {}), name="awqinfer-stream", daemon=True).start()
         try:
             first = await gen._items.get()
         except asyncio.CancelledError:
@@ -149,7 +151,7 @@ class Engine:
 
     # --- the generation's thread ---------------------------------------------------------
 
-    def _work(self, gen: Generation, inputs: dict) -> None:
+    def _work(self, gen: Generation, inputs: dict, options: dict) -> None:
         """Submit one generation and pass its chunks to the loop as the scheduler makes them.
 
         This thread only waits: the model runs on the scheduler's engine thread, batched with
@@ -158,7 +160,7 @@ class Engine:
         chunks = None
         try:
             chunks = gen.llm.run({**inputs, "stream": True}, cancel=gen._cancel,
-                                 on_prefill=lambda done, total: self._on_prefill(gen, done, total))
+                                 on_prefill=lambda done, total: self._on_prefill(gen, done, total), **options)
             gen._post(_STARTED)
             for chunk in chunks:
                 if gen.first_chunk_at is None and chunk["response"]:

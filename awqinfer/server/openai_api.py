@@ -17,10 +17,17 @@ or that fails sends ``data: {"error": {...}}`` before ``[DONE]``, which OpenAI's
 generation is cancelled, and the finish reason is "stop". The engine's token count ends with
 the cancelled run, so ``completion_tokens`` is then the tokenizer's count of the text
 generated up to and including the stop sequence.
+
+Tool calls (chat with ``tools``): ``message.tool_calls`` lists them, each with an id
+("call_..."), ``type: "function"`` and ``function: {name, arguments: JSON text}``; content is
+the text before them, or null; finish_reason "tool_calls". Streamed, each call comes as OpenAI
+sends it: a delta ``tool_calls: [{index, id, type, function: {name, arguments: ""}}]`` first,
+then ``[{index, function: {arguments: <piece>}}]`` deltas whose join is the arguments' JSON.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -66,18 +73,23 @@ class StopScanner:
 
 
 class Completion:
-    """A generation's text with the stop sequences applied; ``finish_reason`` and ``usage`` once ended."""
+    """A generation's text with the stop sequences applied; ``finish_reason``, ``usage`` and
+    ``tool_calls`` (the engine's [{name, arguments}]) once ended."""
 
     def __init__(self, gen, stops: tuple[str, ...]):
         self.gen = gen
         self.scanner = StopScanner(stops)
         self.finish_reason: str | None = None
         self.usage: dict | None = None
+        self.tool_calls: list[dict] = []
 
-    async def texts(self):
-        """The text pieces to send; a stop sequence ends them (and cancels the generation)."""
+    async def pieces(self):
+        """What to send, in order: text pieces (str) and tool-call pieces (the engine's
+        tool_call_delta dicts); a stop sequence in the text ends them (and cancels the generation)."""
         raw = []
         async for chunk in self.gen:
+            if "tool_call_delta" in chunk:
+                yield chunk["tool_call_delta"]
             text, stop = self.scanner.feed(chunk["response"])
             raw.append(text)
             if stop is not None:
@@ -90,6 +102,7 @@ class Completion:
             elif "usage" in chunk:
                 text += self.scanner.flush()
                 self.finish_reason, self.usage = chunk["finish_reason"], chunk["usage"]
+                self.tool_calls = chunk.get("tool_calls", [])
             if text:
                 yield text
             if stop is not None:
@@ -103,15 +116,26 @@ class Shape:
         self.chat, self.model = chat, model
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        self._call_ids: dict[int, str] = {}
+
+    def call_id(self, index: int) -> str:
+        """The id of this answer's tool call ``index`` (made on first use, the same streamed or not)."""
+        return self._call_ids.setdefault(index, "call_" + uuid.uuid4().hex[:24])
 
     def _object(self, kind: str, choices: list, **extra) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
                 **extra}
 
-    def full(self, text: str, finish_reason: str, usage: dict) -> dict:
+    def full(self, text: str, finish_reason: str, usage: dict, tool_calls: list[dict] = ()) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
+            message = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["content"] = text or None
+                message["tool_calls"] = [
+                    {"id": self.call_id(i), "type": "function",
+                     "function": {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}
+                    for i, call in enumerate(tool_calls)]
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
             return self._object("chat.completion", [choice], usage=usage)
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return self._object("text_completion", [choice], usage=usage)
@@ -123,6 +147,16 @@ class Shape:
             return self._object("chat.completion.chunk", [choice], **extra)
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return self._object("text_completion", [choice], **extra)
+
+    def tool_chunk(self, delta: dict, **extra) -> dict:
+        """A chat chunk with one piece of a tool call: its id, type and name first, then arguments."""
+        if "name" in delta:
+            call = {"index": delta["index"], "id": self.call_id(delta["index"]), "type": "function",
+                    "function": {"name": delta["name"], "arguments": ""}}
+        else:
+            call = {"index": delta["index"], "function": {"arguments": delta["arguments"]}}
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}
+        return self._object("chat.completion.chunk", [choice], **extra)
 
     def usage_chunk(self, usage: dict) -> dict:
         return self._object("chat.completion.chunk" if self.chat else "text_completion", [], usage=usage)
@@ -150,7 +184,7 @@ async def _complete(request: Request, chat: bool):
     adapter = state(request).models.adapter(model)
     if adapter is not None:  # an adapter's name as the model: the base model with that adapter
         model, inputs = adapter[0], {**inputs, "lora": adapter[1]}
-    gen, _ = await start_generation(request, model, inputs)
+    gen, _ = await start_generation(request, model, inputs, req.options)
     shape, completion = Shape(chat, req.model), Completion(gen, req.stop)
     if req.stream:
         return EventStream(_events(completion, shape, req.include_usage), gen)
@@ -159,12 +193,12 @@ async def _complete(request: Request, chat: bool):
 
 async def _whole(completion: Completion, shape: Shape) -> dict:
     try:
-        text = "".join([piece async for piece in completion.texts()])
+        text = "".join([piece async for piece in completion.pieces() if isinstance(piece, str)])
     finally:
         completion.gen.cancel("client")  # a no-op if it ended; else the client left
     if completion.usage is None:  # cut short by a shutdown
         raise shutting_down()
-    return shape.full(text, completion.finish_reason, completion.usage)
+    return shape.full(text, completion.finish_reason, completion.usage, completion.tool_calls)
 
 
 async def _events(completion: Completion, shape: Shape, include_usage: bool):
@@ -173,8 +207,8 @@ async def _events(completion: Completion, shape: Shape, include_usage: bool):
     try:
         if shape.chat:
             yield sse(shape.chunk(None, first=True, **extra))
-        async for text in completion.texts():
-            yield sse(shape.chunk(text, **extra))
+        async for piece in completion.pieces():
+            yield sse(shape.chunk(piece, **extra) if isinstance(piece, str) else shape.tool_chunk(piece, **extra))
         if completion.usage is None:
             error = shutting_down() if completion.gen.cancel_reason == "shutdown" else None
         else:

@@ -15,32 +15,36 @@
     top_k, repetition_penalty      the same                 extensions (as vLLM takes them; `extra_body`)
     stop                           (done here)              a string or up to 4; the text ends before the first
     stream, stream_options         (done here)              stream_options: {"include_usage": bool}, with stream
+    response_format                response_format          json_schema's "schema" is Workers AI's json_schema
+    tools                          tools                    OpenAI's {type: "function", function} shape
+    tool_choice,                   LLM.run's arguments      "auto", "none", "required" or a named function;
+      parallel_tool_calls                                   false: one call at most
+    messages[].tool_calls,         the same                 an assistant turn's calls (content may be null),
+      messages[].tool_call_id                               a tool turn's result
 
 Accepted because they never change the output: ``user``, ``metadata``, ``safety_identifier``,
-``prompt_cache_key``, ``parallel_tool_calls``. Every other parameter is accepted only with the
-value that asks for nothing (``n`` 1, ``logprobs`` false, ``tools`` [], ...) and is otherwise
-a 400 naming it (``response_format`` on chat: JSON mode, mapped to Workers AI's); an unknown parameter is a 400 too, as
-OpenAI answers it. ``null`` stands for "not given" everywhere.
+``prompt_cache_key``. Every other parameter is accepted only with the value that asks for
+nothing (``n`` 1, ``logprobs`` false, the legacy ``functions`` [], ...) and is otherwise a 400
+naming it; an unknown parameter is a 400 too, as OpenAI answers it. ``null`` stands for "not
+given" everywhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..frontend import FIELDS, check_number, describe_value
 from .web import bad_input
 
-PASSIVE = {"user", "metadata", "safety_identifier", "prompt_cache_key", "parallel_tool_calls"}
+PASSIVE = {"user", "metadata", "safety_identifier", "prompt_cache_key"}
 NEUTRAL = {  # parameter -> (accepted value test, the allowed values in words)
     "n": (lambda v: type(v) is int and v == 1, "1 (one choice per request)"),
     "logprobs": (lambda v: v is False or (type(v) is int and v == 0), "false (log probabilities are not returned)"),
     "top_logprobs": (lambda v: type(v) is int and v == 0, "0 (log probabilities are not returned)"),
     "logit_bias": (lambda v: v == {}, "{} (logit bias is not supported)"),
-    "tools": (lambda v: v == [], "[] (tool calling is not supported)"),
-    "tool_choice": (lambda v: v in ("none", "auto"), '"none" or "auto" (tool calling is not supported)'),
-    "functions": (lambda v: v == [], "[] (function calling is not supported)"),
-    "function_call": (lambda v: v in ("none", "auto"), '"none" or "auto" (function calling is not supported)'),
+    "functions": (lambda v: v == [], "[] (the legacy functions are not supported: give them as tools)"),
+    "function_call": (lambda v: v in ("none", "auto"), '"none" or "auto" (legacy: use tool_choice)'),
     "modalities": (lambda v: v == ["text"], '["text"]'),
     "store": (lambda v: v is False, "false (completions are not stored)"),
     "service_tier": (lambda v: v in ("auto", "default"), '"auto" or "default"'),
@@ -52,7 +56,8 @@ NEUTRAL = {  # parameter -> (accepted value test, the allowed values in words)
 }
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "frequency_penalty",
           "presence_penalty", "seed", "stop", "top_k", "repetition_penalty"}
-CHAT_PARAMS = COMMON | {"messages", "max_completion_tokens", "response_format"} | PASSIVE | (set(NEUTRAL) - {"echo", "suffix", "best_of"})
+CHAT_PARAMS = (COMMON | {"messages", "max_completion_tokens", "response_format", "tools", "tool_choice",
+                         "parallel_tool_calls"} | PASSIVE | (set(NEUTRAL) - {"echo", "suffix", "best_of"}))
 COMPLETION_PARAMS = COMMON | {"prompt", "user", "logit_bias", "logprobs", "n", "echo", "suffix", "best_of"}
 RANGES = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
 MAX_STOPS = 4
@@ -67,6 +72,7 @@ class OpenAIRequest:
     stream: bool
     include_usage: bool
     stop: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # LLM.run's keyword arguments: tool_choice, parallel_tool_calls
 
 
 def chat_request(body) -> OpenAIRequest:
@@ -76,7 +82,13 @@ def chat_request(body) -> OpenAIRequest:
     if body.get("messages") is None:
         raise bad_input("messages: required", "messages")
     fmt = _response_format(body.get("response_format"))
-    return OpenAIRequest(inputs={"messages": _messages(body["messages"]), **sampling, **fmt}, **common)
+    tools = {"tools": body["tools"]} if body.get("tools") else {}  # [] asks for nothing; the engine checks each tool
+    options = {name: body[name] for name in ("tool_choice", "parallel_tool_calls") if body.get(name) is not None}
+    if not tools and options.get("tool_choice", "none") not in ("none", "auto"):
+        raise bad_input(f"tool_choice: got {describe_value(options['tool_choice'])} without tools; "
+                        "allowed: \"none\" or \"auto\"", "tool_choice")
+    return OpenAIRequest(inputs={"messages": _messages(body["messages"]), **sampling, **fmt, **tools},
+                         options=options, **common)
 
 
 def _response_format(value) -> dict:
@@ -176,8 +188,12 @@ def _stops(value) -> tuple[str, ...]:
     return tuple(stops)
 
 
+MESSAGE_KEYS = {"assistant": ("tool_calls",), "tool": ("tool_call_id",)}  # beyond role and content
+
+
 def _messages(value) -> list[dict]:
-    """OpenAI chat messages -> Workers AI's {role, content} (whose own checks follow in parse_inputs)."""
+    """OpenAI chat messages -> Workers AI's (whose own checks follow in parse_inputs): {role, content},
+    an assistant turn's ``tool_calls`` (content may then be null) and a tool turn's ``tool_call_id``."""
     if not isinstance(value, list) or not value:
         raise bad_input(f"messages: got {describe_value(value)}; allowed: a non-empty array of messages", "messages")
     out = []
@@ -185,13 +201,17 @@ def _messages(value) -> list[dict]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise bad_input(f"{where}: got {describe_value(message)}; allowed: an object with role and content", where)
-        for key, item in message.items():
-            if key not in ("role", "content") and item is not None:
-                what = "tool calling is not supported" if "tool" in key or "function" in key else "not supported"
-                raise bad_input(f"{where}.{key}: got {describe_value(item)}; {what} (allowed: role and content)",
-                                f"{where}.{key}")
         role = "system" if message.get("role") == "developer" else message.get("role")
-        out.append({"role": role, "content": _content(message.get("content"), where)})
+        extra = MESSAGE_KEYS.get(role, ()) if isinstance(role, str) else ()
+        for key, item in message.items():
+            if key not in ("role", "content", *extra) and item is not None:
+                allowed = " and ".join(("role", "content", *extra))
+                raise bad_input(f"{where}.{key}: got {describe_value(item)}; not supported (allowed: {allowed})",
+                                f"{where}.{key}")
+        converted = {"role": role, **{key: message[key] for key in extra if message.get(key) is not None}}
+        if message.get("content") is not None or "tool_calls" not in converted:
+            converted["content"] = _content(message.get("content"), where)
+        out.append(converted)
     return out
 
 

@@ -46,8 +46,10 @@ def shutting_down() -> ApiError:
                     oa_type="server_error", oa_code="shutting_down")
 
 
-async def start_generation(request: Request, model: str, inputs: dict) -> tuple[Generation, str]:
-    """Load ``model`` and start ``inputs`` on it (both abandoned if the client leaves); -> (generation, name)."""
+async def start_generation(request: Request, model: str, inputs: dict,
+                           options: dict | None = None) -> tuple[Generation, str]:
+    """Load ``model`` and start ``inputs`` on it (both abandoned if the client leaves); -> (generation, name).
+    ``options``: more keyword arguments of ``LLM.run`` (the OpenAI route's tool_choice, parallel_tool_calls)."""
     server = state(request)
 
     async def start() -> Generation:
@@ -58,7 +60,7 @@ async def start_generation(request: Request, model: str, inputs: dict) -> tuple[
                            param="model", oa_code="model_not_found" if e.not_found else "model_not_loadable",
                            oa_status=404 if e.not_found else 400) from None
         try:
-            return await server.engine.start(llm, inputs)
+            return await server.engine.start(llm, inputs, options)
         except QueueFull as e:
             raise ApiError(429, 3040, f"Out of capacity: {e}", oa_type="rate_limit_error",
                            oa_code="queue_full") from None
