@@ -130,7 +130,7 @@ def ray_server(model_dir, tmp_path_factory):
     """`awqinfer serve --ray` with 2 replicas; stopped by SIGTERM, which must end every process it started."""
     require_ray()
     server = Server("--ray", "--replicas", 2, "--replica-cpus", 0.5, "--model", model_dir, "--api-key", KEY,
-                    "--max-batch", 4, cwd=tmp_path_factory.mktemp("ray_serve"))
+                    "--max-batch", 4, "--kv-budget", "64MiB", cwd=tmp_path_factory.mktemp("ray_serve"))
     started = descendants(server.proc.pid)
     try:
         yield server
@@ -233,6 +233,7 @@ def test_errors_auth_health_and_metrics_keep_their_shapes(ray_server, model_dir)
     assert health.status_code == 200 and health.json()["models"] == [str(model_dir)]
     metrics = requests.get(url + "/metrics", headers=AUTH, timeout=60)
     assert metrics.status_code == 200 and "awqinfer_generations_total" in metrics.text
+    assert f"awqinfer_kv_cache_budget_bytes {float(64 * 2**20)}" in metrics.text  # --kv-budget, per replica
     assert "x-awqinfer-replica" in metrics.headers
 
 

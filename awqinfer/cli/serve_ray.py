@@ -61,8 +61,8 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
                         "--threads says otherwise (default: this machine's cores / the most replicas)")
     g.add_argument("--replica-memory", type=memory_size, default=None, metavar="SIZE",
                    help="memory each replica reserves from Ray (e.g. 4GB); half of it is the replica's KV budget "
-                        "(default: none reserved; the KV budget is the replica's CPU share of half this machine's "
-                        "available memory)")
+                        "unless --kv-budget gives one (per replica) (default: none reserved; the KV budget is the "
+                        "replica's CPU share of half this machine's available memory)")
 
 
 def _ray_only(args) -> list[str]:
@@ -90,7 +90,7 @@ def main(args, key: str | None) -> int:
     spec = ray_app.ReplicaSpec(models=tuple(args.model or [None]), device=args.device,
                                threads=args.threads or ray_app.replica_threads(cpus), keep_models=args.keep_models,
                                max_batch=args.max_batch, max_queue=args.max_queue, api_key=key,
-                               memory=args.replica_memory, lora_dir=args.lora_dir)
+                               memory=args.replica_memory, kv_budget=args.kv_budget, lora_dir=args.lora_dir)
     scaling = ray_app.Scaling(replicas=args.replicas, autoscale=args.autoscale, cpus=cpus,
                               shutdown_timeout=args.shutdown_timeout)
     if key is None and not _loopback(args.host):

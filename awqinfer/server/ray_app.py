@@ -57,6 +57,7 @@ class ReplicaSpec:
     max_queue: int = 32
     api_key: str | None = None
     memory: int | None = None  # bytes reserved from Ray per replica; None: none reserved
+    kv_budget: int | None = None  # each replica's KV budget in bytes (--kv-budget); None: from memory or CPUs
     lora_dir: str | None = None  # PEFT adapters for every model (--lora-dir)
 
 
@@ -130,7 +131,10 @@ class Replica:
             self.models.preload(name)  # a failure fails the replica; Ray's log and `serve status` say why
 
     def kv_budget(self) -> int:
-        """Bytes of KV cache: half the memory reserved for the replica, else its CPU share of the default."""
+        """Bytes of KV cache: --kv-budget, else half the memory reserved for the replica, else its CPU
+        share of the default."""
+        if self.spec.kv_budget is not None:
+            return self.spec.kv_budget
         if self.spec.memory is not None:
             return int(self.spec.memory * REPLICA_KV_SHARE)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
