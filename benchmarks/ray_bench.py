@@ -83,9 +83,14 @@ def report(out: dict) -> str:
             f"{out['concurrency']} at a time, not streamed, the default model, on this {out['cores']}-core machine; "
             f"{out['repeats']} runs each; load average before / after: {out['load_before']} / {out['load_after']}. "
             f"Command: `python -m benchmarks.ray_bench {' '.join(out['argv'])}`.")
-    notes = [f"Two replicas against one on the same {out['cores']} cores: {two / one:.2f}x. No gain is expected: one "
-             "replica already batches the concurrent requests on every core, and a second only splits the same cores "
-             "(plus a second copy of the weights and a second process stepping its own batch).",
+    ratio, plain = two / one, two / med[names[0]]
+    verdict = ("about even, as expected: one replica already batches the concurrent requests on every core, and a "
+               "second only splits the same cores" if abs(ratio - 1) < 0.1 else
+               f"although no more cores were added; two replicas reach {plain:.2f}x the plain server, so the cores "
+               "serve two one-thread processes as well as one two-thread process, and what differs is how Ray's proxy "
+               "shares the cores with them (not measured further)" if ratio > 1 else
+               "a loss: a second copy of the weights and a second process compete for the same cores")
+    notes = [f"Two replicas against one on the same {out['cores']} cores: {ratio:.2f}x, {verdict}.",
              f"Ray's proxy against the plain server: {one / med[names[0]]:.2f}x; the proxy and Ray's controller "
              "share the cores with the replica here.",
              f"Paper estimate for N machines of this kind, one replica each (--replica-cpus = the cores, Ray's "
