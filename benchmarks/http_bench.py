@@ -40,10 +40,11 @@ from pathlib import Path
 
 import requests
 
+from .sections import write_section
+
 HERE = Path(__file__).resolve().parent
 MESSAGES = [{"role": "system", "content": "You are a friendly assistant"},
             {"role": "user", "content": "Tell me a long story about a dragon who learns to paint."}]
-START, END = "<!-- http_bench: start -->", "<!-- http_bench: end -->"
 
 
 def stream_times(lines, text_of) -> tuple[float | None, float | None, int]:
@@ -218,17 +219,8 @@ def report(out: dict) -> str:
             f"tokens, streamed; {out['threads']} threads each; load average before / after: "
             f"{out['load_before']} / {out['load_after']}. Command: `python -m benchmarks.http_bench "
             f"{' '.join(out['argv'])}`.")
-    return "\n".join([START, "## awqinfer serve: the HTTP server against in-process and llama-server", "", head, "",
-                      *rows, "", *[f"- {n}" for n in notes], END])
-
-
-def write_results(section: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    return "\n".join(["## awqinfer serve: the HTTP server against in-process and llama-server", "", head, "",
+                      *rows, "", *[f"- {n}" for n in notes]])
 
 
 def restart(server: "LlamaServer", args, slots: int) -> "LlamaServer":
@@ -290,7 +282,7 @@ def main(argv=None) -> int:
     section = report(out)
     target = Path(args.out)
     (target / "http_results.json").write_text(json.dumps(out, indent=1))
-    write_results(section, target / "RESULTS.md")
+    write_section(target / "RESULTS.md", "http_bench", section)
     print(section)
     return 0
 

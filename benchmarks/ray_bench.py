@@ -10,8 +10,7 @@ request sent to the last answer. The servers share this machine's cores: the pla
 the one Ray replica get all of them (threads = cores), two replicas one half each
 (``--replica-cpus cores/2``). Each server is warmed up first (kernels loaded, every replica
 asked), then measured ``--repeats`` times; runs are median (min-max), and the load average is
-recorded. It prints a section for benchmarks/RESULTS.md ("Ray Serve", pasted at its end) and writes
-ray_results.json.
+recorded. It writes its section of benchmarks/RESULTS.md ("Ray Serve") and ray_results.json.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from pathlib import Path
 import requests
 
 from .http_bench import Served
+from .sections import write_section
 
 HERE = Path(__file__).resolve().parent
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a dragon who learns to paint."}]
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default=str(HERE), help="directory of ray_results.json")
+    p.add_argument("--out", default=str(HERE), help="directory of RESULTS.md and ray_results.json")
     args = p.parse_args(argv)
     from awqinfer.engine.hub import default_model_dir
     from awqinfer.engine.model.threads import available_cores
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     section = report(out)
     target = Path(args.out)
     (target / "ray_results.json").write_text(json.dumps(out, indent=1))
+    write_section(target / "RESULTS.md", "ray_bench", section)
     print(section)
     return 0
 

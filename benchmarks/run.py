@@ -40,6 +40,7 @@ from . import llama_tools, synth
 from .measure import (HERE, big_model, busy_process, prompt_ids, read_bandwidth, stream_prompt_ids,
                       time_to_first_token)
 from .report import machine, plot, report
+from .sections import write_section
 
 
 class Remote:
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
     text = report(out)
     if plot(out, target / "decode_vs_context.png"):
         text += "\n![decode tokens/s against context length](decode_vs_context.png)\n"
-    (target / "RESULTS.md").write_text(text)
+    write_section(target / "RESULTS.md", "benchmarks.run", text, first=True)  # the notes below it stay
     (target / "results.json").write_text(json.dumps(out, indent=1, default=str))
     print(text)
     return 0 if out["fast_path_matches_reference"] else 1

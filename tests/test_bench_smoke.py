@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/, not installed
 
 from benchmarks import batching, report, run  # noqa: E402
+from benchmarks.sections import markers, write_section  # noqa: E402
 
 SMOKE = ["--no-peers", "--repeats", "1", "--prompt-lengths", "16,32", "--decode-prompt", "8",
          "--decode-tokens", "6", "--contexts", "64,128", "--long-tokens", "3", "--check-tokens", "6",
@@ -35,6 +36,20 @@ def test_benchmark_smoke(tiny_llama_awq, tmp_path):
     assert "awqinfer equal (6 tokens); awqinfer f32-head equal (6 tokens)" in text
     if importlib.util.find_spec("matplotlib"):  # the bench extra's plot
         assert (tmp_path / "decode_vs_context.png").stat().st_size > 1000
+
+
+def test_each_script_rewrites_only_its_own_section_of_results(tmp_path):
+    """Re-running a benchmark replaces its section and keeps the hand-written notes and other scripts' tables."""
+    path = tmp_path / "RESULTS.md"
+    path.write_text("## Notes written by hand\n\nkeep me\n")
+    write_section(path, "benchmarks.run", "# awqinfer benchmarks\n\nrun 1", first=True)
+    write_section(path, "ray_bench", "## Ray Serve\n\nray 1")
+    write_section(path, "benchmarks.run", "# awqinfer benchmarks\n\nrun 2", first=True)
+    write_section(path, "ray_bench", "## Ray Serve\n\nray 2")
+    text = path.read_text()
+    assert text.startswith(markers("benchmarks.run")[0] + "\n# awqinfer benchmarks\n\nrun 2\n")
+    assert "keep me" in text and "ray 2" in text and "run 1" not in text and "ray 1" not in text
+    assert text.index("keep me") < text.index("ray 2") and text.count(markers("ray_bench")[1]) == 1
 
 
 def test_benchmark_withholds_figures_when_fast_path_differs(tiny_llama_awq, tmp_path, monkeypatch):
@@ -86,7 +101,7 @@ def test_http_benchmark_smoke(default_model, tmp_path):
     assert "llama-server: not measured" in text
     http_bench.main(["--repeats", "1", "--max-tokens", "4", "--clients", "", "--llama-server", "",
                      "--out", str(tmp_path)])
-    assert (tmp_path / "RESULTS.md").read_text().count(http_bench.START) == 1  # replaced, not appended twice
+    assert (tmp_path / "RESULTS.md").read_text().count(markers("http_bench")[0]) == 1  # replaced, not appended twice
 
 
 def test_batching_benchmark_smoke(tiny_llama_awq, tmp_path):
