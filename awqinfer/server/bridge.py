@@ -121,7 +121,8 @@ class Engine:
             raise ShuttingDown()
         gen = Generation(llm, asyncio.get_running_loop())
         self._live.add(gen)
-        threading.Thread(target=self._work, args=(gen, inputs, options or {}), name="awqinfer-stream", daemon=True).start()
+        threading.Thread(target=self._work, args=(gen, inputs, options or {}), name="awqinfer-stream",
+                         daemon=True).start()
         try:
             first = await gen._items.get()
         except asyncio.CancelledError:

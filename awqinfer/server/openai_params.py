@@ -84,9 +84,6 @@ def chat_request(body) -> OpenAIRequest:
     fmt = _response_format(body.get("response_format"))
     tools = {"tools": body["tools"]} if body.get("tools") else {}  # [] asks for nothing; the engine checks each tool
     options = {name: body[name] for name in ("tool_choice", "parallel_tool_calls") if body.get(name) is not None}
-    if not tools and options.get("tool_choice", "none") not in ("none", "auto"):
-        raise bad_input(f"tool_choice: got {describe_value(options['tool_choice'])} without tools; "
-                        "allowed: \"none\" or \"auto\"", "tool_choice")
     return OpenAIRequest(inputs={"messages": _messages(body["messages"]), **sampling, **fmt, **tools},
                          options=options, **common)
 
