@@ -28,7 +28,7 @@ import pytest
 import requests
 
 import awqinfer
-from serving import LONG_TOKENS, Server, make_long_model, sse_events, wait_for
+from serving import LONG_TOKENS, Server, make_long_model, metric, sse_events, wait_for
 
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -233,7 +233,7 @@ def test_errors_auth_health_and_metrics_keep_their_shapes(ray_server, model_dir)
     assert health.status_code == 200 and health.json()["models"] == [str(model_dir)]
     metrics = requests.get(url + "/metrics", headers=AUTH, timeout=60)
     assert metrics.status_code == 200 and "awqinfer_generations_total" in metrics.text
-    assert f"awqinfer_kv_cache_budget_bytes {float(64 * 2**20)}" in metrics.text  # --kv-budget, per replica
+    assert metric(url, "awqinfer_kv_cache_budget_bytes", AUTH) == 64 * 2**20  # --kv-budget, per replica
     assert "x-awqinfer-replica" in metrics.headers
 
 
