@@ -163,6 +163,21 @@ def test_queue_bound_and_a_cancelled_slot(tmp_path):
     wait_for(lambda: llm.scheduler.counts == (0, 0))
 
 
+def test_a_cancelled_request_leaves_the_queue_while_the_batch_is_still_full(tmp_path):
+    """Waiting counts only requests someone still waits for: a cancel takes effect within a step."""
+    llm = awqinfer.load(make_model(tmp_path / "m", "qwen2", max_positions=8192), max_batch=1)
+    # greedy, this tiny Qwen2 never reaches EOS on this prompt (test_server_load): seconds of decoding left
+    first = llm.run({"prompt": "Tell me a story", "max_tokens": 8000, "temperature": 0, "stream": True})
+    next(first)
+    second = llm.run({"prompt": "b", "max_tokens": 3, "stream": True})
+    wait_for(lambda: llm.scheduler.counts == (1, 1))
+    second.close()
+    wait_for(lambda: llm.scheduler.counts == (1, 0))  # the first still runs: nothing freed a place
+    assert list(second) == []
+    first.close()
+    wait_for(lambda: llm.scheduler.counts == (0, 0))
+
+
 def test_a_consumer_that_stops_reading_blocks_nobody(llm):
     slow = llm.run({"prompt": "slow reader", "max_tokens": 60, "temperature": 0, "stream": True})
     next(slow)  # ...and then never reads again

@@ -175,13 +175,13 @@ class Scheduler:
             self._step(batch)
 
     def _admit(self) -> None:
-        """Move waiting sequences to running while the batch and the KV budget have room (FIFO)."""
+        """Drop the waiting sequences their consumers cancelled (at once, even while the batch is full),
+        then move waiting sequences to running while the batch and the KV budget have room (FIFO)."""
+        for entry in [e for e in self._waiting if e.seq.cancel.is_set()]:
+            self._waiting.remove(entry)
+            entry.out.put(_DONE)
         while self._waiting and len(self._running) < self.max_batch:
             entry = self._waiting[0]
-            if entry.seq.cancel.is_set():
-                self._waiting.popleft()
-                entry.out.put(_DONE)
-                continue
             if not KV_BUDGET.can_reserve(entry.seq.kv_bytes):
                 return
             try:
