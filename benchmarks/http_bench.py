@@ -40,7 +40,7 @@ from pathlib import Path
 
 import requests
 
-from .sections import write_section
+from .sections import publish
 
 HERE = Path(__file__).resolve().parent
 MESSAGES = [{"role": "system", "content": "You are a friendly assistant"},
@@ -279,11 +279,7 @@ def main(argv=None) -> int:
             engine.close()
     out["engines"] = results
     out["load_after"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    section = report(out)
-    target = Path(args.out)
-    (target / "http_results.json").write_text(json.dumps(out, indent=1))
-    write_section(target / "RESULTS.md", "http_bench", section)
-    print(section)
+    publish(Path(args.out), "http_bench", "http_results.json", out, report(out))
     return 0
 
 

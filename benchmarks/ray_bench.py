@@ -16,7 +16,6 @@ recorded. It writes its section of benchmarks/RESULTS.md ("Ray Serve") and ray_r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import requests
 
 from .http_bench import Served
-from .sections import write_section
+from .sections import publish
 
 HERE = Path(__file__).resolve().parent
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a dragon who learns to paint."}]
@@ -122,11 +121,7 @@ def main(argv=None) -> int:
     for name, flags in servers(cores, args.concurrency):
         out["runs"][name] = measure(name, flags, args)
     out["load_after"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    section = report(out)
-    target = Path(args.out)
-    (target / "ray_results.json").write_text(json.dumps(out, indent=1))
-    write_section(target / "RESULTS.md", "ray_bench", section)
-    print(section)
+    publish(Path(args.out), "ray_bench", "ray_results.json", out, report(out))
     return 0
 
 

@@ -10,6 +10,7 @@ A script replaces its own section and leaves every other line as it is, so re-ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -35,3 +36,12 @@ def write_section(path: Path, name: str, body: str, first: bool = False) -> None
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(directory: Path, name: str, json_name: str, results: dict, section: str) -> None:
+    """Record a benchmark run: its figures in ``directory/json_name``, ``section`` as its part of
+    ``directory/RESULTS.md`` (section ``name``), and the section on stdout."""
+    directory = Path(directory)
+    (directory / json_name).write_text(json.dumps(results, indent=1))
+    write_section(directory / "RESULTS.md", name, section)
+    print(section)
