@@ -59,6 +59,7 @@ def _send(browser, prompt: str, timeout: float, until=ENDS) -> None:
 
     _fill(browser, "prompt", prompt)
     browser.find_element(By.ID, "send").click()
+
     def reached():
         state = browser.find_element(By.ID, "stats").get_attribute("data-state")
         return state if state in ENDS + until else None
