@@ -38,7 +38,7 @@ def test_a_gguf_file_runs_and_is_imported_once_by_content(tiny_gguf, tmp_path):
     assert f"awqinfer: importing tiny.gguf once ({hub.DEFAULT_METHOD.upper()} 4-bit, group 64) into" in first.stderr
     assert f"quantize ({hub.DEFAULT_METHOD})" in first.stderr  # the default model's build, with its progress bar
     [imported] = imports(cache)
-    assert imported == f"gguf-{hub.file_digest(tiny_gguf)[:20]}-{hub.DEFAULT_METHOD}-g64"
+    assert imported == f"gguf-{hub.file_digest(tiny_gguf)[:20]}-{hub.default_recipe()}"
     # the import is the default model's pipeline: the same build, loaded and run through the API
     reference = hub.build_from_gguf(tiny_gguf, tmp_path / "reference", progress=False)
     assert json.loads(first.stdout) == awqinfer.load(reference).run(

@@ -10,7 +10,7 @@ import pytest
 from awqinfer.engine.checkpoint.config import ModelConfig
 from awqinfer.engine.checkpoint.safetensors import Checkpoint
 from awqinfer.engine.model.weights import load_layer
-from awqinfer.engine.quant.gptq import DAMP, gptq_quantize
+from awqinfer.engine.quant.gptq import DAMP, gptq_quantize, refit_scales
 from awqinfer.engine.quant.rounding import MAX_INT, dequantize, grid, rtn_quantize
 from awqinfer.errors import InputError
 from checkpoints import make_model
@@ -85,7 +85,6 @@ def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k, act_o
 
 def test_scale_refit_is_the_least_squares_optimum():
     """refit_scales against numpy's lstsq on the calibration inputs: min ||X (w_n - sum_g s_g v_g)||, row by row."""
-    from awqinfer.engine.quant.gptq import refit_scales
 
     rng = np.random.default_rng(5)
     x = correlated_inputs(rng, 512, 96)
@@ -129,7 +128,8 @@ def test_gptq_zeroes_dead_inputs_and_keeps_the_awq_grid():
 @pytest.mark.parametrize("method", ["awq", "awq-gptq"])
 def test_layer_pass_rounds_the_folded_weights(method, tmp_path, monkeypatch):
     """The pass folds each group's scales into the op before it, then rounds the scaled weights: the rounded
-    linear is exactly rounding (nearest, or GPTQ with the scaled inputs' Gram matrix) of the folded weights."""
+    linear is exactly rounding (nearest, or GPTQ with the scaled inputs' Gram matrix, its scales refit) of
+    the folded weights. The next layer's inputs are this layer's outputs, float or rounded as the method says."""
     import dataclasses
 
     from awqinfer.engine.quant import layerwise
@@ -140,7 +140,8 @@ def test_layer_pass_rounds_the_folded_weights(method, tmp_path, monkeypatch):
     x[..., :4] *= 30  # salient channels, so that AWQ scales
     steps = dataclasses.replace(layerwise.METHODS[method], clip=False)
     quantizer = layerwise.LayerQuantizer(config, x.copy(), 32, steps)
-    stats = quantizer._run(load_layer(ckpt, config, 0), x.copy())  # the float layer's input Gram matrices
+    float_out = x.copy()
+    stats = quantizer._run(load_layer(ckpt, config, 0), float_out)  # the float layer's input Gram matrices
     fresh = load_layer(ckpt, config, 0)
     h = (x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + config.rms_norm_eps) * fresh.input_norm).reshape(48, -1)
     np.testing.assert_allclose(stats["qkv"][0], h.T @ h, rtol=2e-4, atol=1e-3)  # qkv's input: RMSNorm(x)
@@ -153,18 +154,30 @@ def test_layer_pass_rounds_the_folded_weights(method, tmp_path, monkeypatch):
     assert set(scales) == {"qkv", "o_proj", "gate_up", "down_proj"}
     for name, norm, rows, after in (("qkv", "input_norm", slice(128, 192), "o_proj"),  # v's rows take o_proj's s
                                     ("gate_up", "post_norm", slice(192, 384), "down_proj")):  # up's, down_proj's
-        s, folded = scales[name], getattr(layer, name).weight
+        s = scales[name]
         assert s.max() / s.min() > 1.5  # AWQ did scale
-        expected = getattr(fresh, name).weight * s
-        expected[rows] /= scales[after][:, None]
-        np.testing.assert_array_equal(folded, expected)
+        folded = getattr(fresh, name).weight * s
+        folded[rows] /= scales[after][:, None]
         np.testing.assert_array_equal(getattr(layer, norm), getattr(fresh, norm) / s)
         if method == "awq":
             expected = rtn_quantize(folded, 32)
         else:
-            expected = gptq_quantize(folded, stats[name][0] / np.outer(s, s), 32)
+            gram = stats[name][0] / np.outer(s, s)
+            expected = gptq_quantize(folded, gram, 32, act_order=steps.act_order)
+            if steps.refit:
+                expected = (*expected[:2], refit_scales(folded, gram, *expected))
         for got, want in zip(rounded[name], expected):
             np.testing.assert_array_equal(got, want)
+        # the layer keeps the weights its outputs were last computed with: rounded, or folded float
+        kept = dequantize(*rounded[name]) if steps.propagate == "quantized" else folded
+        np.testing.assert_array_equal(getattr(layer, name).weight, kept)
+    if steps.propagate == "quantized":  # the next layer calibrates on the rounded layer's outputs
+        rounded_out = x.copy()
+        quantizer._run(layer, rounded_out)
+        np.testing.assert_array_equal(quantizer.x, rounded_out)
+        assert np.abs(rounded_out - float_out).max() > 1e-3
+    else:
+        np.testing.assert_array_equal(quantizer.x, float_out)
 
 
 # --- calibration text ------------------------------------------------------------------------

@@ -132,6 +132,30 @@ def test_interrupted_build_leaves_no_cache(monkeypatch, tmp_path, smollm2_gguf):
     assert not registry.default_model_path().exists()
 
 
+def test_a_changed_default_recipe_gets_its_own_cache_entry(monkeypatch, tmp_path):
+    """A cached default model is reused only while the recipe that built it is the default one: another
+    method step, group size or calibration shape names another directory, so it builds anew."""
+    import dataclasses
+
+    from awqinfer.engine.quant.layerwise import METHODS
+
+    monkeypatch.setenv("AWQINFER_CACHE", str(tmp_path))
+    path = registry.default_model_path()
+    assert path.name.startswith(f"{registry.DEFAULT_NAME}-{registry.DEFAULT_METHOD}-g64-")
+    assert registry.default_model_path() == path  # stable
+    seen = {path}
+    method = METHODS[registry.DEFAULT_METHOD]
+    switched = {f.name: not getattr(method, f.name) for f in dataclasses.fields(method) if f.name != "propagate"}
+    switched["propagate"] = "float" if method.propagate == "quantized" else "quantized"
+    for step, value in switched.items():  # each step of the method switched the other way
+        monkeypatch.setitem(METHODS, registry.DEFAULT_METHOD, dataclasses.replace(method, **{step: value}))
+        seen.add(registry.default_model_path())
+    monkeypatch.setitem(METHODS, registry.DEFAULT_METHOD, method)
+    monkeypatch.setattr(registry, "DEFAULT_SAMPLES", registry.DEFAULT_SAMPLES * 2)
+    seen.add(registry.default_model_path())
+    assert len(seen) == len(switched) + 2
+
+
 def test_default_model_is_built_once_then_loaded_from_the_cache(default_model, awqinfer_cache, monkeypatch):
     assert default_model == registry.default_model_path() and default_model.parent == awqinfer_cache
     assert sorted(p.name for p in awqinfer_cache.iterdir()) == [default_model.name]  # no temp dirs left

@@ -20,8 +20,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("src", metavar="SRC", help="the float checkpoint directory (config.json + safetensors)")
     p.add_argument("out", metavar="OUT", help="the directory to write (must not exist or be empty)")
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
-                   help=f"awq-gptq: AWQ's scales and clipping, then GPTQ's error feedback; awq: AWQ rounded to "
-                        f"nearest (AutoAWQ's method); gptq: GPTQ alone; rtn: plain rounding (default {DEFAULT_METHOD})")
+                   help=f"awq-gptq: AWQ's scales and clipping, then GPTQ's error feedback in act order; awq: AWQ "
+                        f"rounded to nearest (AutoAWQ's method); gptq: GPTQ alone; rtn: plain rounding "
+                        f"(default {DEFAULT_METHOD})")
     p.add_argument("--group-size", type=ranged(int, 8, None), default=128,
                    help="inputs sharing one scale and zero (default 128)")
     p.add_argument("--calib", metavar="FILE", default=None,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import ModelNotFoundError
 from .checkpoint.gguf import convert_gguf
+from .quant.layerwise import METHODS
 from .quant.quantize import quantize
 
 
@@ -150,9 +151,19 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "awqinfer"
 
 
+def default_recipe() -> str:
+    """The default build's recipe (the method's steps, the group size, the calibration shape) as a short digest.
+
+    It ends every cache key of a default build, so a changed recipe builds anew rather than reusing a
+    build made the old way.
+    """
+    recipe = repr((METHODS[DEFAULT_METHOD], DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN))
+    return f"{DEFAULT_METHOD}-g{DEFAULT_GROUP_SIZE}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
+
 def default_model_path() -> Path:
     """The cache directory of the default model (it may not exist yet)."""
-    return cache_dir() / f"{DEFAULT_NAME}-{DEFAULT_METHOD}-g{DEFAULT_GROUP_SIZE}"
+    return cache_dir() / f"{DEFAULT_NAME}-{default_recipe()}"
 
 
 def default_gguf() -> Path:
@@ -191,7 +202,7 @@ def gguf_model_dir(path: Path, progress: bool = True) -> Path:
         if f.read(4) != GGUF_MAGIC:
             raise ModelNotFoundError(f"model {str(path)!r} is a file but not a GGUF file; a model is a checkpoint "
                                      "directory, a .gguf file, a Hugging Face repo id or a known name")
-    target = cache_dir() / f"gguf-{file_digest(path)[:20]}-{DEFAULT_METHOD}-g{DEFAULT_GROUP_SIZE}"
+    target = cache_dir() / f"gguf-{file_digest(path)[:20]}-{default_recipe()}"
     return target if target.is_dir() else build_once(path, target, f"importing {path.name}", progress)
 
 

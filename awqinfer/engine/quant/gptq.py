@@ -21,6 +21,11 @@ option does. Its range is chosen by AWQ's clipping search (awq_search.py's
 for these weights; a value outside the clipped range rounds to the grid's end and
 its error, too, is carried to the later columns.
 
+Act order (GPTQ's ``desc_act``, what METHODS uses): the columns are rounded by decreasing H
+diagonal, the inputs with the most energy first, while the most columns are left to absorb
+their error. The groups stay contiguous, as AutoAWQ's layout needs, so each group's grid is
+fixed before the loop from the weights as they are (``static_groups``).
+
 Dampening: H + 1% of its mean diagonal on the diagonal (GPTQ's ``percdamp``); a
 column whose input is always zero is set to zero (its H diagonal to 1).
 """

@@ -49,8 +49,9 @@ def quantize(src: str | Path, out: str | Path, *, method: str = DEFAULT_METHOD, 
     """Quantize the float Llama/Qwen2 checkpoint ``src`` to an AWQ 4-bit checkpoint in ``out``; returns ``out``.
 
     method: one of METHODS (layerwise.py): 'awq-gptq' (AWQ's scales and clipping, then GPTQ's
-    error feedback), 'awq' (AWQ's scales and clipping, rounded to nearest), 'gptq', or 'rtn'
-    (plain round-to-nearest; no calibration). The calibrated ones run ``samples`` windows of
+    error feedback in act order, the scales refit, each layer calibrated on the rounded ones before
+    it), 'awq' (AWQ's scales and clipping, rounded to nearest), 'gptq', or 'rtn' (plain
+    round-to-nearest; no calibration). The calibrated ones run ``samples`` windows of
     ``seq_len`` tokens of ``calib`` (a UTF-8 text file) or of the built-in set (calibration.py).
     With ``progress``, a bar and each layer's time and the peak memory so far go to stderr;
     ``on_layer(layer, seconds, peak_bytes)``, if given, is called after each layer with the same.
