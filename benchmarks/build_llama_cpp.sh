@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own tools (llama-bench, llama-batched-bench, llama-server, llama-quantize,
-# llama-perplexity) from the llama.cpp sources vendored in the llama-cpp-python sdist, so the
+# llama-imatrix, llama-perplexity) from the llama.cpp sources vendored in the llama-cpp-python sdist, so the
 # benchmark times llama.cpp through its own generation loop and the version matches the Python peer.
 #
 #   bash benchmarks/build_llama_cpp.sh [PREFIX]     (PREFIX defaults to $LLAMA_CPP_BUILD or
@@ -15,7 +15,7 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PREFIX="${1:-${LLAMA_CPP_BUILD:-/work/llama.cpp-build}}"
 DEST="$PREFIX/$VERSION"
-TARGETS=(llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity)
+TARGETS=(llama-bench llama-batched-bench llama-server llama-quantize llama-imatrix llama-perplexity)
 PYTHON="${PYTHON:-python}"
 
 have_all() {

