@@ -85,7 +85,6 @@ def test_gptq_matches_a_direct_implementation_of_its_update(group_size, k, act_o
 
 def test_scale_refit_is_the_least_squares_optimum():
     """refit_scales against numpy's lstsq on the calibration inputs: min ||X (w_n - sum_g s_g v_g)||, row by row."""
-
     rng = np.random.default_rng(5)
     x = correlated_inputs(rng, 512, 96)
     w = rng.standard_normal((10, 96)).astype(np.float32)
