@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     fp32 = work / "fp32"
     if not fp32.is_dir():
         convert_gguf(gguf_path, fp32, progress=False)
-    texts = heldout.write(Tokenizer(fp32), work / "texts")
+    tokenizer = Tokenizer(fp32)
+    texts = heldout.write(tokenizer, work / "texts")
     results = {"texts": {k: str(v) for k, v in texts.items()}, "sources": heldout.versions(),
                "evaluation": f"strided windows of {WINDOW} tokens every {STRIDE}", "max_tokens": args.max_tokens,
                "models": {"fp32": {"perplexity": score(fp32, texts, args.max_tokens)}}}
@@ -302,7 +303,6 @@ def main(argv=None) -> int:
         from awqinfer.engine.quant.calibration import calibration_windows
 
         f32 = f32_gguf(gguf_path, work / "f32.gguf")
-        tokenizer = Tokenizer(fp32)
         importance = imatrix(args.llama_cpp, work, f32, calibration_windows(tokenizer, None, samples, seq_len),
                              tokenizer, args.threads)
         rows = llama_cpp_rows(args.llama_cpp, work, f32, texts, args.max_tokens, args.threads, importance)
