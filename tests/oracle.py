@@ -16,17 +16,17 @@ import numpy as np
 from checkpoints import dequantized
 
 
-def kernel_layout_weight(qweight, scales, szeros) -> np.ndarray:
+def kernel_layout_weight(qweight, scales, zeros) -> np.ndarray:
     """Plain numpy dequantisation of awqinfer's AWQ kernel layout: nibble i of word j is input 8j+i.
 
-    qweight (N, K/8) int32; scales, szeros (N, G) f32 -> W (N, K) f64.
+    qweight (N, K/8) int32; scales (N, G) f32; zeros (N, G) u8 -> W (N, K) f64 = (q - zero) * scale.
     """
     n, words = qweight.shape
     q = (qweight.view(np.uint32)[:, :, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15
     group = words * 8 // scales.shape[1]
-    s = np.repeat(scales, group, axis=1)
-    sz = np.repeat(szeros, group, axis=1)
-    return q.reshape(n, words * 8).astype(np.float64) * s - sz
+    s = np.repeat(scales, group, axis=1).astype(np.float64)
+    z = np.repeat(zeros, group, axis=1).astype(np.float64)
+    return (q.reshape(n, words * 8).astype(np.float64) - z) * s
 
 
 def int8_weight(q: np.ndarray, scales: np.ndarray) -> np.ndarray:

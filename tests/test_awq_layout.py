@@ -24,9 +24,9 @@ def loaded_weight(qweight, qzeros, scales, group: int) -> np.ndarray:
     k, n = qweight.shape[0], qweight.shape[1] * 8
     q = np.empty((n, k // 8), np.int32)
     s = np.empty((n, k // group), np.float32)
-    sz = np.empty_like(s)
-    awq_to_kernel_layout(qweight, qzeros, scales, q, s, sz)
-    return kernel_layout_weight(q, s, sz)
+    z = np.empty((n, k // group), np.uint8)
+    awq_to_kernel_layout(qweight, qzeros, scales, q, s, z)
+    return kernel_layout_weight(q, s, z)
 
 
 def test_hand_worked_word():
@@ -69,15 +69,15 @@ def test_kernel_layout_kernels_match_reference(k, n, group):
     w = oracle_dequantize(t["qweight"], t["qzeros"], t["scales"], group)  # [N, K]
     q = np.empty((n, k // 8), np.int32)
     s = np.empty((n, k // group), np.float32)
-    sz = np.empty_like(s)
-    awq_to_kernel_layout(t["qweight"], t["qzeros"], t["scales"], q, s, sz)
-    np.testing.assert_allclose(kernel_layout_weight(q, s, sz), w, atol=1e-5)
+    z = np.empty((n, k // group), np.uint8)
+    awq_to_kernel_layout(t["qweight"], t["qzeros"], t["scales"], q, s, z)
+    np.testing.assert_allclose(kernel_layout_weight(q, s, z), w, atol=1e-5)
     x = rng.standard_normal((5, k)).astype(np.float32)
     y = np.empty((5, n), np.float32)
-    awq_gemm(x, q, s, sz, y)
+    awq_gemm(x, q, s, z, y)
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-4, atol=1e-4)
     y1 = np.empty(n, np.float32)
-    awq_gemv(x[0], q, s, sz, y1)
+    awq_gemv(x[0], q, s, z, y1)
     np.testing.assert_allclose(y1, x[0] @ w.T, rtol=1e-4, atol=1e-4)
 
 

@@ -46,7 +46,7 @@ def filled(cache, name: str, positions: slice) -> np.ndarray:
 def fixed_point_awq_inputs(monkeypatch):
     """The reference path's one-token AWQ GEMVs round their input as the fast path does (numpy)."""
     monkeypatch.setattr(AwqLinear, "gemv", lambda self, x, out: awq_gemv(fixed_point_activations(x), self.qweight,
-                                                                          self.scales, self.szeros, out))
+                                                                          self.scales, self.zeros, out))
 
 
 @pytest.mark.parametrize("kv_dtype", ["float32", "float16"])

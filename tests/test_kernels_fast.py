@@ -18,18 +18,18 @@ def _kernel_layout(rng, n, k, group):
     """Random kernel-layout AWQ weights, every nibble value 0..15 (so sign bits are set too)."""
     qweight = rng.integers(-(2**31), 2**31, size=(n, k // 8), dtype=np.int64).astype(np.int32)
     scales = rng.uniform(0.001, 0.05, size=(n, k // group)).astype(np.float32)
-    szeros = scales * rng.integers(0, 16, size=(n, k // group)).astype(np.float32)
-    return qweight, scales, szeros
+    zeros = rng.integers(0, 16, size=(n, k // group)).astype(np.uint8)
+    return qweight, scales, zeros
 
 
 @pytest.mark.parametrize("n,k,group", [(8, 64, 32), (96, 576, 64), (37 * 8, 1536, 64), (64, 1024, 128)])
 def test_awq_gemv_matches_numpy(n, k, group):
     rng = np.random.default_rng(n + k)
-    qweight, scales, szeros = _kernel_layout(rng, n, k, group)
+    qweight, scales, zeros = _kernel_layout(rng, n, k, group)
     x = rng.standard_normal(k).astype(np.float32)
-    want = kernel_layout_weight(qweight, scales, szeros) @ x.astype(np.float64)
+    want = kernel_layout_weight(qweight, scales, zeros) @ x.astype(np.float64)
     out = np.full(n, np.nan, np.float32)
-    awq_gemv(x, qweight, scales, szeros, out)
+    awq_gemv(x, qweight, scales, zeros, out)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -37,11 +37,11 @@ def test_awq_gemv_matches_numpy(n, k, group):
 def test_awq_gemm_matches_numpy(n_tokens):
     rng = np.random.default_rng(n_tokens)
     n, k, group = 136, 256, 64  # more rows than one tile, not a multiple of it
-    qweight, scales, szeros = _kernel_layout(rng, n, k, group)
-    w = kernel_layout_weight(qweight, scales, szeros)
+    qweight, scales, zeros = _kernel_layout(rng, n, k, group)
+    w = kernel_layout_weight(qweight, scales, zeros)
     x = rng.standard_normal((n_tokens, k)).astype(np.float32)
     out = np.full((n_tokens, n), np.nan, np.float32)
-    awq_gemm(x, qweight, scales, szeros, out)
+    awq_gemm(x, qweight, scales, zeros, out)
     want = x.astype(np.float64) @ w.T
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 

@@ -68,15 +68,15 @@ def test_awq_q8_matches_numpy_for_1_to_17_rows(monkeypatch, rows, n, k, group):
     """Every batch size 1..17, row counts that leave partial chunks, groups of half, one and two blocks."""
     monkeypatch.setattr(qdot, "awq_rows_q", rows)
     rng = np.random.default_rng(n + k + group)
-    qweight, scales, szeros = _kernel_layout(rng, n, k, group)
-    w = kernel_layout_weight(qweight, scales, szeros)
+    qweight, scales, zeros = _kernel_layout(rng, n, k, group)
+    w = kernel_layout_weight(qweight, scales, zeros)
     x = rng.standard_normal((17, k)).astype(np.float32)
     for b in range(1, 18):
         xq, xscale, xbsum = _quantize(x[:b])
         want = _dequantized(xq, xscale) @ w.T
         out = np.full((b, n), np.nan, np.float32)
         chunks = 3  # n / 3 is not a whole number of rows for most n: uneven chunks
-        awq_matvec_q.py_func(xq, xscale, xbsum, qweight, scales, szeros, out, chunks)
+        awq_matvec_q.py_func(xq, xscale, xbsum, qweight, scales, zeros, out, chunks)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
 
 
@@ -100,12 +100,12 @@ def test_int8_q8_matches_numpy_for_1_to_17_rows(monkeypatch, rows, n, k):
 def test_compiled_kernels_run_the_chosen_twin():
     """The parallel (compiled) entry points agree with their twins, on the path this CPU takes."""
     rng = np.random.default_rng(1)
-    qweight, scales, szeros = _kernel_layout(rng, 72, 512, 128)
+    qweight, scales, zeros = _kernel_layout(rng, 72, 512, 128)
     x = rng.standard_normal((2, 512)).astype(np.float32)
     xq, xscale, xbsum = _quantize(x)
     out = np.empty((2, 72), np.float32)
-    awq_matvec_q(xq, xscale, xbsum, qweight, scales, szeros, out, 4)
-    want = _dequantized(xq, xscale) @ kernel_layout_weight(qweight, scales, szeros).T
+    awq_matvec_q(xq, xscale, xbsum, qweight, scales, zeros, out, 4)
+    want = _dequantized(xq, xscale) @ kernel_layout_weight(qweight, scales, zeros).T
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
     assert qdot.awq_rows_q is (qdot._awq_rows_simd if simd.AVX2 else qdot._awq_rows_plain)
 
@@ -118,8 +118,8 @@ def test_activation_conversion_error_is_within_the_documented_bound():
     """
     rng = np.random.default_rng(2)
     n, k = 512, 1536
-    qweight, scales, szeros = _kernel_layout(rng, n, k, 64)
-    w = kernel_layout_weight(qweight, scales, szeros)
+    qweight, scales, zeros = _kernel_layout(rng, n, k, 64)
+    w = kernel_layout_weight(qweight, scales, zeros)
     w -= w.mean(axis=1, keepdims=True)  # centred rows, as trained weights are: outputs not dominated by the mean
     for outliers, fixed_bound, int8_bound in ((0, 5e-5, 8e-3), (8, 1.5e-4, 2e-2)):
         x = rng.standard_normal((4, k)).astype(np.float32)

@@ -79,7 +79,7 @@ class AwqStack(NamedTuple):
 
     qweight: np.ndarray  # (L, N, K/8) int32
     scales: np.ndarray  # (L, N, G) f32
-    szeros: np.ndarray  # (L, N, G) f32
+    zeros: np.ndarray  # (L, N, G) u8
     bias: np.ndarray  # (L, N) f32, zeros when the checkpoint has none
 
 
@@ -183,7 +183,7 @@ def _project(x, proj, layer, scratch, out):
     if kind is AwqStack:
         def awq(x, proj, layer, scratch, out):
             xq, xscale, xbsum = quantized(x, scratch)
-            awq_matvec_q(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.szeros[layer], out,
+            awq_matvec_q(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.zeros[layer], out,
                          GEMV_CHUNKS)
             _add_bias(out, proj.bias[layer])
         return awq

@@ -15,10 +15,10 @@ greedy tokens stay the f32 reference's (with int8 activations alone, as llama.cp
 of 6 test prompts). The hi digits alone are an int8 quantization with scale 128 xs: the int8
 lm_head's screen reads just those.
 
-    y[b, n] = sum_c  s[n, g] * xs[b, c] * (q[n] . v[b])_c  -  sz[n, g] * xs[b, c] * sum(v[b])_c
+    y[b, n] = sum_c  s[n, g] * xs[b, c] * (q[n] . v[b])_c  -  s[n, g] * z[n, g] * xs[b, c] * sum(v[b])_c
 
 with c the input blocks, g the weight group of the block (or of each half block: groups of 32
-take one scale per half), sz = s * zero (kernels/awq.py's layout, unchanged).
+take one scale per half), z the group's zero point (kernels/awq.py's layout, unchanged).
 
 Input order. With the kernel layout's nibble order (kernels/awq.py), the low nibbles of 32
 consecutive bytes of a row are the even inputs of a 64-input block and the high nibbles the odd
@@ -103,30 +103,31 @@ def _awq_block(acc, low, high, hi, lo, c, f_lo, f_hi):
 
 
 @njit(cache=True, nogil=True)
-def _zero_point_term(sz_row, xb_row, split):
+def _zero_point_term(s_row, z_row, xb_row, split):
     """sum over groups of s*z times the group's activation sum: what one output subtracts for its zero points.
 
-    sz_row (G,) f32 = scale * zero of one weight row; xb_row (K/32,) f32 = one activation row's half-block
-    sums (``quantize_rows``); split: groups of 32 inputs (one per half block), else groups of whole blocks.
+    s_row (G,) f32, z_row (G,) u8: one weight row's scales and zero points; xb_row (K/32,) f32 = one
+    activation row's half-block sums (``quantize_rows``); split: groups of 32 inputs (one per half
+    block), else groups of whole blocks.
     Compiled without fastmath, in a fixed order, and called the same way by every loop below, so an
     output does not depend on how many activation rows share the call (a sequence alone or in a batch).
     """
     z = np.float32(0.0)
     if split:
         for h in range(xb_row.shape[0]):
-            z += sz_row[h] * xb_row[h]
+            z += s_row[h] * np.float32(z_row[h]) * xb_row[h]
         return z
-    halves = xb_row.shape[0] // sz_row.shape[0]
-    for g in range(sz_row.shape[0]):
+    halves = xb_row.shape[0] // z_row.shape[0]
+    for g in range(z_row.shape[0]):
         total = np.float32(0.0)
         for h in range(g * halves, (g + 1) * halves):
             total += xb_row[h]
-        z += sz_row[g] * total
+        z += s_row[g] * np.float32(z_row[g]) * total
     return z
 
 
 @njit(inline="always")
-def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, szeros, lo, hi, per_group, out):
+def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, zeros, lo, hi, per_group, out):
     """_awq_rows_simd for one activation row and groups of 64 inputs or more, without its branches for
     rows 2-4 (~1.4x faster on small rows). out (N,) f32; the rest as _awq_rows_simd."""
     for n in range(lo, hi):
@@ -137,11 +138,11 @@ def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, szeros, lo, hi,
             for c in range(g * per_group, (g + 1) * per_group):
                 low, high = nibbles(load_bytes(row, 32 * c))
                 acc = _awq_block(acc, low, high, hi_digits, lo_digits, c, s * xs[c], s * xs[c])
-        out[n] = hsum(acc) - _zero_point_term(szeros[n], xb, False)
+        out[n] = hsum(acc) - _zero_point_term(scales[n], zeros[n], xb, False)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
+def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
     """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 activation rows.
 
     Rows go in blocks of ROW_BLOCK (in L1/L2 when a block is revisited for the next 4 activation rows).
@@ -151,7 +152,7 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
     split = scales.shape[1] == 2 * n_chunks  # groups of 32: each chunk's halves have their own scale
     per_step = 1 if split else n_chunks // scales.shape[1]  # chunks sharing one (pair of) scale(s)
     if n_rows_b == 1 and not split:  # one sequence, groups of 64 or more: the lean loop
-        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xbsum[0], qweight, scales, szeros, lo, hi, per_step, out[0])
+        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xbsum[0], qweight, scales, zeros, lo, hi, per_step, out[0])
         return
     for n0 in range(lo, hi, ROW_BLOCK):
         for b0 in range(0, n_rows_b, 4):  # four activation rows per pass: four accumulators in registers
@@ -175,17 +176,17 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
                             a2 = _awq_block(a2, low, high, h2, l2, c, s_lo * xscale[b0 + 2, c], s_hi * xscale[b0 + 2, c])
                         if m > 3:
                             a3 = _awq_block(a3, low, high, h3, l3, c, s_lo * xscale[b0 + 3, c], s_hi * xscale[b0 + 3, c])
-                out[b0, n] = hsum(a0) - _zero_point_term(szeros[n], xbsum[b0], split)
+                out[b0, n] = hsum(a0) - _zero_point_term(scales[n], zeros[n], xbsum[b0], split)
                 if m > 1:
-                    out[b0 + 1, n] = hsum(a1) - _zero_point_term(szeros[n], xbsum[b0 + 1], split)
+                    out[b0 + 1, n] = hsum(a1) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 1], split)
                 if m > 2:
-                    out[b0 + 2, n] = hsum(a2) - _zero_point_term(szeros[n], xbsum[b0 + 2], split)
+                    out[b0 + 2, n] = hsum(a2) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 2], split)
                 if m > 3:
-                    out[b0 + 3, n] = hsum(a3) - _zero_point_term(szeros[n], xbsum[b0 + 3], split)
+                    out[b0 + 3, n] = hsum(a3) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 3], split)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
+def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
     """_awq_rows_simd in plain loops (CPUs without AVX2): same arguments, same result."""
     n_rows_b = xq.shape[0]
     n_chunks = qweight.shape[1] // 8
@@ -207,7 +208,8 @@ def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, szeros, lo, hi, out):
                             dot += np.int32((word >> np.int32(8 * p + 4)) & np.int32(15)) * \
                                 (DIGIT * np.int32(x_hi[odd]) + np.int32(x_lo[odd]))
                     g = (2 * c + half) // halves_per_group
-                    total += scales[n, g] * xscale[b, c] * np.float32(dot) - szeros[n, g] * xbsum[b, 2 * c + half]
+                    s, sz = scales[n, g], scales[n, g] * np.float32(zeros[n, g])
+                    total += s * xscale[b, c] * np.float32(dot) - sz * xbsum[b, 2 * c + half]
             out[b, n] = total
 
 
@@ -215,16 +217,16 @@ awq_rows_q = _awq_rows_simd if AVX2 else _awq_rows_plain
 
 
 @njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def awq_matvec_q(xq, xscale, xbsum, qweight, scales, szeros, out, n_tasks):
+def awq_matvec_q(xq, xscale, xbsum, qweight, scales, zeros, out, n_tasks):
     """out = X @ W^T for B converted activation rows, the N outputs split into ``n_tasks`` parallel ranges.
 
     xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64), xbsum (B, K/32) f32 (``quantize_rows``);
-    qweight (N, K/8) int32; scales, szeros (N, G) f32, the group size K/G 32 or a multiple of 64;
+    qweight (N, K/8) int32; scales (N, G) f32, zeros (N, G) u8, the group size K/G 32 or a multiple of 64;
     out (B, N) f32.
     """
     n_out = qweight.shape[0]
     for t in prange(n_tasks):
-        awq_rows_q(xq, xscale, xbsum, qweight, scales, szeros, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
+        awq_rows_q(xq, xscale, xbsum, qweight, scales, zeros, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
 
 
 # --- int8 weights (the lm_head's screen) ------------------------------------------------------------

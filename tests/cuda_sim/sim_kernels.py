@@ -39,9 +39,9 @@ def awq_weights(rng, n, k, group):
     """Random kernel-layout AWQ weights (every nibble value, negative words) and their f32 dequantisation."""
     qweight = rng.integers(-2**31, 2**31, size=(n, k // 8), dtype=np.int64).astype(np.int32)
     scales = rng.uniform(0.001, 0.05, size=(n, k // group)).astype(np.float32)
-    szeros = (scales * rng.integers(0, 16, size=scales.shape)).astype(np.float32)
-    w = kernel_layout_weight(qweight, scales, szeros).astype(np.float32)
-    return qweight, scales, szeros, w
+    zeros = rng.integers(0, 16, size=scales.shape).astype(np.uint8)
+    w = kernel_layout_weight(qweight, scales, zeros).astype(np.float32)
+    return qweight, scales, zeros, w
 
 
 # (N, K, group): lanes per row 4, 32 (40 words: 8 lanes do 2), 16, 4 (6 words: uneven), 8 (group = 1 word)
@@ -54,12 +54,12 @@ GEMM_SHAPES = [(5, 72, 96, 32), (33, 16, 40, 8), (3, 24, 192, 64), (2, 8, 128, 1
 @pytest.mark.parametrize("n,k,group", GEMV_SHAPES)
 def test_awq_gemv(n, k, group):
     rng = np.random.default_rng(n * k)
-    qweight, scales, szeros, w = awq_weights(rng, n, k, group)
+    qweight, scales, zeros, w = awq_weights(rng, n, k, group)
     x = rng.standard_normal(k).astype(np.float32)
     cpu = np.empty(n, np.float32)
-    awq.awq_gemv(x, qweight, scales, szeros, cpu)
+    awq.awq_gemv(x, qweight, scales, zeros, cpu)
     out = cuda.device_array(n, np.float32)
-    cu_awq.awq_gemv(*on_device(x, qweight, scales, szeros), out)
+    cu_awq.awq_gemv(*on_device(x, qweight, scales, zeros), out)
     got = out.copy_to_host()
     scale = np.abs(w).max() * np.abs(x).sum()
     close(got, cpu, scale)
@@ -69,12 +69,12 @@ def test_awq_gemv(n, k, group):
 @pytest.mark.parametrize("t,n,k,group", GEMM_SHAPES)
 def test_awq_gemm(t, n, k, group):
     rng = np.random.default_rng(t * n * k)
-    qweight, scales, szeros, w = awq_weights(rng, n, k, group)
+    qweight, scales, zeros, w = awq_weights(rng, n, k, group)
     x = rng.standard_normal((t, k)).astype(np.float32)
     cpu = np.empty((t, n), np.float32)
-    awq.awq_gemm(x, qweight, scales, szeros, cpu)
+    awq.awq_gemm(x, qweight, scales, zeros, cpu)
     out = cuda.device_array((t, n), np.float32)
-    cu_awq.awq_gemm(*on_device(x, qweight, scales, szeros), out)
+    cu_awq.awq_gemm(*on_device(x, qweight, scales, zeros), out)
     got = out.copy_to_host()
     scale = np.abs(w).max() * np.abs(x).sum(axis=1).max()
     close(got, cpu, scale)

@@ -77,10 +77,10 @@ class CudaAwqLinear(DeviceLinear, AwqLinear):
     """AwqLinear on the GPU: its fields hold device arrays, its kernels are the CUDA twins."""
 
     def gemv(self, x, out):
-        awq.awq_gemv(x, self.qweight, self.scales, self.szeros, out)
+        awq.awq_gemv(x, self.qweight, self.scales, self.zeros, out)
 
     def gemm(self, x, out):
-        awq.awq_gemm(x, self.qweight, self.scales, self.szeros, out)
+        awq.awq_gemm(x, self.qweight, self.scales, self.zeros, out)
 
 
 class CudaDenseLinear(DeviceLinear, DenseLinear):
@@ -105,7 +105,7 @@ class CudaInt8Linear(DeviceLinear, Int8Linear):
 
 # host class -> (device class, its array fields besides bias)
 TWINS = {
-    AwqLinear: (CudaAwqLinear, ("qweight", "scales", "szeros")),
+    AwqLinear: (CudaAwqLinear, ("qweight", "scales", "zeros")),
     DenseLinear: (CudaDenseLinear, ("weight",)),
     Int8Linear: (CudaInt8Linear, ("qweight", "scales")),
 }

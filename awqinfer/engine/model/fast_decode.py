@@ -161,7 +161,7 @@ def _stack(linear: Linear) -> AwqStack | DenseStack | None:
         n_blocks = n_words // 8
         if n_words % 8 or not (n_groups == 2 * n_blocks or n_blocks % n_groups == 0):
             return None
-        arrays = (linear.qweight, linear.scales, linear.szeros)
+        arrays = (linear.qweight, linear.scales, linear.zeros)
         kind = AwqStack
     elif type(linear) is DenseLinear:
         arrays = (linear.weight,)

@@ -105,17 +105,17 @@ class AwqLinear(Linear):
 
     qweight: np.ndarray  # (N, K/8) int32
     scales: np.ndarray  # (N, G) f32
-    szeros: np.ndarray  # (N, G) f32, scale * zero
+    zeros: np.ndarray  # (N, G) u8, zero points 0..15
     bias: np.ndarray | None = None  # (N,) f32
 
     out_features = property(lambda self: self.qweight.shape[0])
     in_features = property(lambda self: self.qweight.shape[1] * 8)
 
     def gemv(self, x, out):
-        awq_gemv(x, self.qweight, self.scales, self.szeros, out)
+        awq_gemv(x, self.qweight, self.scales, self.zeros, out)
 
     def gemm(self, x, out):
-        awq_gemm(x, self.qweight, self.scales, self.szeros, out)
+        awq_gemm(x, self.qweight, self.scales, self.zeros, out)
 
 
 @dataclass
@@ -162,16 +162,15 @@ def stored_linear(raw: np.ndarray, bf16: bool = False) -> DenseLinear | HalfLine
     return DenseLinear(widen(raw))
 
 
-def awq_to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_sz) -> None:
+def awq_to_kernel_layout(qweight, qzeros, scales, out_q, out_s, out_z) -> None:
     """One AutoAWQ linear (checkpoint layout) -> the kernel layout, into (N, K/8), (N, G), (N, G) buffers.
 
     qweight int32 [K, N/8], qzeros int32 [G, N/8], scales f16/f32 [G, N] as stored.
     """
     columns = np.ascontiguousarray(np.asarray(qweight).view(np.uint32).T)  # [N/8, K]: one pack of 8 outputs a row
     repack_words(columns, np.array(AWQ_PACK_ORDER, np.int64), out_q.view(np.uint32))
-    s = np.asarray(scales, dtype=np.float32).T  # [N, G]
-    out_s[...] = s
-    out_sz[...] = s * unpack_awq(np.asarray(qzeros)).astype(np.float32).T
+    out_s[...] = np.asarray(scales, dtype=np.float32).T  # [N, G]
+    out_z[...] = unpack_awq(np.asarray(qzeros)).T
 
 
 def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

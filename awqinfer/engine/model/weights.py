@@ -153,7 +153,7 @@ class _Loader:
                 raise CheckpointError(f"{m}: AWQ needs out_features divisible by 8, got {n}")
             for name, shape, dtypes in _part_tensors(m, n, K, g, projection.bias):
                 self.check(name, shape, dtypes)
-        per_row = K // 2 + 8 * (K // g) if g is not None else K + 4 if self.int8 else 4 * K  # bytes per output row
+        per_row = K // 2 + 5 * (K // g) if g is not None else K + 4 if self.int8 else 4 * K  # bytes per output row
         return g, L * N * (per_row + 4 * projection.bias)
 
     def projection(self, projection: Projection, layers: range) -> Linear:
@@ -167,10 +167,10 @@ class _Loader:
         parts = [(i, *part) for i, l in enumerate(layers) for part in projection.modules(l)]  # (i, module, n, rows)
         if g is not None:
             stack = AwqLinear(np.empty((L, N, K // 8), np.int32), np.empty((L, N, K // g), np.float32),
-                              np.empty((L, N, K // g), np.float32))
+                              np.empty((L, N, K // g), np.uint8))
             for i, m, n, rows in parts:
                 awq_to_kernel_layout(self.read(f"{m}.qweight"), self.read(f"{m}.qzeros"), self.read(f"{m}.scales"),
-                                     stack.qweight[i, rows], stack.scales[i, rows], stack.szeros[i, rows])
+                                     stack.qweight[i, rows], stack.scales[i, rows], stack.zeros[i, rows])
                 for suffix in ("qweight", "qzeros", "scales"):
                     self.ckpt.release(f"{m}.{suffix}")
         elif self.int8:

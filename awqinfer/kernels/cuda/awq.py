@@ -1,7 +1,7 @@
 """AWQ 4-bit matmuls on the GPU, on the kernel layout of kernels/awq.py (same signatures).
 
     qweight int32 (N, K/8): word j of row n holds inputs 8j..8j+7 of output n, input 8j+i in nibble i
-    scales, szeros f32 (N, G): scale and scale * zero of each group of K / G inputs
+    scales f32, zeros u8 (N, G): scale and zero point of each group of K / G inputs
 
 Both read each packed word once and widen it in registers (GEMV) or into a shared f32
 tile (GEMM); scale and zero are applied once per word: y += s * sum(x*q) - s*z * sum(x).
@@ -20,7 +20,7 @@ WORDS_PER_TILE = TILE_K // 8  # packed words per row of a K step
 
 
 @cuda.jit(fastmath=True)
-def _awq_gemv(x, qweight, scales, szeros, out):
+def _awq_gemv(x, qweight, scales, zeros, out):
     n_out, n_words = qweight.shape
     words_per_group = n_words // scales.shape[1]
     n = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
@@ -35,18 +35,20 @@ def _awq_gemv(x, qweight, scales, szeros, out):
                 dot += xi * np.float32((w >> np.int32(4 * i)) & np.int32(15))
                 xs += xi
             g = j // words_per_group
-            acc += scales[n, g] * dot - szeros[n, g] * xs
+            s = scales[n, g]
+            acc += s * dot - s * np.float32(zeros[n, g]) * xs
     store_row_sum(acc, out, n, n_out)
 
 
-def awq_gemv(x, qweight, scales, szeros, out):
-    """y = x @ W for one token. x (K,) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (N,) f32."""
+def awq_gemv(x, qweight, scales, zeros, out):
+    """y = x @ W for one token. x (K,) f32; qweight (N, K/8) int32; scales (N, G) f32; zeros (N, G) u8;
+    out (N,) f32."""
     grid, block = gemv_launch(qweight.shape[0], qweight.shape[1], 2)
-    _awq_gemv[grid, block](x, qweight, scales, szeros, out)
+    _awq_gemv[grid, block](x, qweight, scales, zeros, out)
 
 
 @cuda.jit(fastmath=True)
-def _awq_gemm(x, qweight, scales, szeros, out):
+def _awq_gemm(x, qweight, scales, zeros, out):
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     tid = ty * TILE_N + tx
@@ -69,7 +71,7 @@ def _awq_gemm(x, qweight, scales, szeros, out):
             w = qweight[n, j]
             g = j // words_per_group
             s = scales[n, g]
-            sz = szeros[n, g]
+            sz = s * np.float32(zeros[n, g])
             for i in range(8):
                 w_tile[8 * word + i, row] = np.float32((w >> np.int32(4 * i)) & np.int32(15)) * s - sz
         else:
@@ -82,10 +84,11 @@ def _awq_gemm(x, qweight, scales, szeros, out):
     store_tile(acc, out, t0, n0, tx, ty, np.float32(1.0))
 
 
-def awq_gemm(x, qweight, scales, szeros, out):
-    """Y = X @ W for a prompt. x (T, K) f32; qweight (N, K/8) int32; scales, szeros (N, G) f32; out (T, N) f32."""
+def awq_gemm(x, qweight, scales, zeros, out):
+    """Y = X @ W for a prompt. x (T, K) f32; qweight (N, K/8) int32; scales (N, G) f32; zeros (N, G) u8;
+    out (T, N) f32."""
     grid, block = gemm_launch(x.shape[0], qweight.shape[0])
-    _awq_gemm[grid, block](x, qweight, scales, szeros, out)
+    _awq_gemm[grid, block](x, qweight, scales, zeros, out)
 
 
 assert TILE_N * WORDS_PER_TILE == THREADS, "the AWQ GEMM loads one packed word per thread"
