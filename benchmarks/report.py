@@ -168,7 +168,11 @@ def report(out) -> str:
     if "big" in out:
         b = out["big"]
         d = b["dims"]
+        rerun = b.get("rerun")  # measured alone, after the run (benchmarks/measure.py's big_model)
         lines += [
+            (f"Rerun {rerun['started']}, {rerun['why']} (load average {rerun['load_average'][0][0]:.1f} before, "
+             f"{rerun['load_average'][1][0]:.1f} after; read bandwidth then {fmt(rerun['bandwidth_gbs'])} GB/s): "
+             if rerun else "") +
             f"Synthetic AWQ checkpoint ({d['layers']} layers, hidden {d['hidden']}, intermediate {d['intermediate']}, "
             f"vocab {d['vocab']}, group {d['group']}): file {b['file_bytes'] / 1e9:.2f} GB, written in {b['write_s']:.0f} s; "
             f"load {fmt(b['load_s'], 2)} s; decode {fmt(b['tok_s'], 2)} tokens/s; "
