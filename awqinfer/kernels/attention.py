@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fastmath import FASTMATH
 from .kv import kv_read, kv_write
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def store_kv(qkv, k_cache, v_cache, start, n_heads):
     """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
 
@@ -29,7 +30,7 @@ def store_kv(qkv, k_cache, v_cache, start, n_heads):
                 v_cache[h, start + t, i] = kv_write(v_cache, qkv[t, v0 + h * dim + i])
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
 

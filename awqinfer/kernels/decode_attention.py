@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fastmath import FASTMATH
 from .kv import kv_read
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
@@ -26,7 +27,7 @@ def n_chunks(n_pos):
     return (n_pos + ATTN_CHUNK - 1) // ATTN_CHUNK
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def attend_rows(qkv, k_caches, v_caches, layer, positions, scores, o_part, m_part, l_part, out):
     """out[b] = softmax(q_b K_b^T / sqrt(D)) V_b for each row b, over its cache's positions 0..positions[b].
 

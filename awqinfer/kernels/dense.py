@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .fastmath import FASTMATH
 from .simd import f32_from_bits, half_to_f32
 
 
@@ -31,7 +32,7 @@ def _widen(value, bf16):
     return None
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def dense_gemv(x, weight, out, bf16=False):
     """y = W x for one token. x (K,) f32; weight (N, K) f32, or 16-bit bits (uint16: bf16 if ``bf16``, else
     f16); out (N,) f32."""
@@ -48,7 +49,7 @@ GEMM_TILE = 64  # weight rows per parallel task of a prompt matmul (64 x K f32 s
 TOKEN_BLOCK = 64  # prompt tokens per pass over a tile, so the tokens' rows stay in L2 too
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def gemm_block(x, w, out):
     """out[t, n] = x[t] . w[n]: x (T, K) f32; w (M, K) f32; out (T, M) f32, any strides.
 
@@ -101,7 +102,7 @@ def gemm_block(x, w, out):
             out[t, n] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def dense_gemm(x, weight, out):
     """Y = X W^T for a prompt, in tiles of GEMM_TILE weight rows x TOKEN_BLOCK tokens.
 
@@ -117,7 +118,7 @@ def dense_gemm(x, weight, out):
             gemm_block(x[t0:t1], weight[n0:n1], out[t0:t1, n0:n1])
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def half_gemm(x, bits, bf16, out):
     """Y = X W^T for a prompt, W 16-bit: each tile of GEMM_TILE rows is widened once, then reused by every token.
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fastmath import FASTMATH
+
 INT8_MAX = 127  # symmetric: -128 is never used, so q and -q are both representable
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def int8_gemv(x, qweight, scales, out):
     """y = W x for one token. x (K,) f32; qweight (N, K) int8; scales (N,) f32; out (N,) f32."""
     n_out, k = qweight.shape
@@ -28,7 +30,7 @@ def int8_gemv(x, qweight, scales, out):
         out[n] = acc * scales[n]
 
 
-@njit(cache=True, parallel=True, fastmath=True, nogil=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def int8_gemm(x, qweight, scales, out):
     """Y = X W^T for a prompt: each int8 row is widened once and reused by every token.
 

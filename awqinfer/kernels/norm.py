@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .fastmath import FASTMATH
 
-@njit(cache=True, fastmath=True, nogil=True)
+
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def rmsnorm(x, weight, eps, out):
     """x (T, H) f32; weight (H,) f32; eps float; out (T, H) f32 (may alias x)."""
     n_tokens, hidden = x.shape
