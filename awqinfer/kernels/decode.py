@@ -62,8 +62,8 @@ from .activations import add_, silu_mul
 from .attention import store_kv
 from .awq import GEMV_CHUNKS
 from .decode_attention import attend_rows
-from .fastmath import FASTMATH
 from .dense import dense_gemv, widen
+from .fastmath import FASTMATH
 from .lora import lora_add
 from .norm import rmsnorm
 from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
