@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fastmath import FASTMATH
 
-
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def silu_mul(gate_up, out):
     """gate_up (T, 2I) f32 = [gate | up]; out (T, I) f32 = silu(gate) * up."""
     n_tokens, width = out.shape
@@ -18,7 +16,7 @@ def silu_mul(gate_up, out):
             out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, width + i]
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def add_(x, y):
     """x += y in place. x, y (T, H) f32."""
     n_tokens, width = x.shape

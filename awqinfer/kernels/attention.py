@@ -13,7 +13,7 @@ from .fastmath import FASTMATH
 from .kv import kv_read, kv_write
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def store_kv(qkv, k_cache, v_cache, start, n_heads):
     """Copy the new tokens' k and v heads out of a fused qkv into the cache at start..start+T-1.
 

@@ -50,7 +50,7 @@ def repack_words(columns, pack_order, out):
 # --- kernels on the kernel layout --------------------------------------------
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def dequantize_rows(qweight, scales, zeros, out):
     """Kernel layout -> float32 weights: qweight (M, K/8) int32; scales (M, G) f32; zeros (M, G) u8; out (M, K) f32."""
     n_out, n_words = qweight.shape
@@ -69,7 +69,7 @@ def dequantize_rows(qweight, scales, zeros, out):
                     dst[8 * j + i] = _nibble(w, 4 * i) * s - sz
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_prepare_input(x, xp, xsum):
     """Lay one token's input out for ``awq_rows``: xp[i, j] = x[8j + i], xsum[g] = sum of group g.
 
@@ -96,7 +96,7 @@ def _nibble(w, shift):
     return np.float32(np.int32(np.int32(w >> np.int32(shift)) & np.int32(15)))
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_rows(xp, xsum, qweight, scales, zeros, lo, hi, word_dots, out):
     """out[n] = x . W[n] for rows lo..hi-1, from awq_prepare_input's xp, xsum.
 
@@ -150,7 +150,7 @@ def awq_matvec(xp, xsum, qweight, scales, zeros, word_dots, out):
                  word_dots[c], out)
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def awq_gemv(x, qweight, scales, zeros, out):
     """y = x @ W for one token, reading each packed weight once.
 

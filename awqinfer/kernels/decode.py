@@ -63,7 +63,6 @@ from .attention import store_kv
 from .awq import GEMV_CHUNKS
 from .decode_attention import attend_rows
 from .dense import dense_gemv, widen
-from .fastmath import FASTMATH
 from .lora import lora_add
 from .norm import rmsnorm
 from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
@@ -140,7 +139,7 @@ class Scratch(NamedTuple):
     l_part: np.ndarray  # (B, n_heads, C) f32: its softmax denominator
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def rescore_top(h, rows, bf16, logits, best):
     """Recompute the ``len(best)`` largest logits exactly: logits[n] = h . rows[n] for those n.
 
@@ -237,7 +236,7 @@ def _head_logits(h, head, scratch, logits):
     return None
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def decode_batch(x, layers, norms, final_norm, head, k_caches, v_caches, positions, cos, sin, eps, n_heads,
                  scratch, lora, adapters, logits):
     """Run one new token of each of B sequences through every layer and the lm_head; write logits (B, V).

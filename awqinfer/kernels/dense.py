@@ -49,7 +49,7 @@ GEMM_TILE = 64  # weight rows per parallel task of a prompt matmul (64 x K f32 s
 TOKEN_BLOCK = 64  # prompt tokens per pass over a tile, so the tokens' rows stay in L2 too
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def gemm_block(x, w, out):
     """out[t, n] = x[t] . w[n]: x (T, K) f32; w (M, K) f32; out (T, M) f32, any strides.
 

@@ -23,8 +23,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .fastmath import FASTMATH
-
 
 class LoraStack(NamedTuple):
     """Every loaded adapter of one fused projection, over all layers, padded to the largest rank R."""
@@ -45,7 +43,7 @@ class LoraLayers(NamedTuple):
     down_proj: LoraStack
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def lora_add(x, stack, layer, adapters, out):
     """out[b] += B_a (A_a x[b]) with a = adapters[b] for every row b whose adapter is not -1.
 

@@ -54,7 +54,7 @@ def to_kernel_order(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([blocks[..., 0::2], blocks[..., 1::2]], axis=2).reshape(n, k))
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def quantize_rows(x, xq, xscale, xbsum):
     """Activations -> fixed point in kernel order, as two int8 digits, one scale per ACT_BLOCK inputs.
 
@@ -142,7 +142,7 @@ def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, zeros, lo, hi, 
         out[n] = hsum(acc) - _zero_point_term(scales[n], zeros[n], xb, False)
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
     """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 activation rows.
 
@@ -186,7 +186,7 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
                     out[b0 + 3, n] = hsum(a3) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 3], split)
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
     """_awq_rows_simd in plain loops (CPUs without AVX2): same arguments, same result."""
     n_rows_b = xq.shape[0]
@@ -241,7 +241,7 @@ def _int8_block(acc, u0, w0, u1, w1, x_hi, c, xs):
     return scale_add(acc, add_i32(d0, d1), xs, xs)
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _int8_rows_simd(xq, xscale, q8, wscale, lo, hi, out):
     """out[:, lo:hi] for the rows lo..hi-1 of int8 weights: s8 x s8 as |w| x (x * sign w), up to 4 rows a pass."""
     n_rows_b = xq.shape[0]
@@ -274,7 +274,7 @@ def _int8_rows_simd(xq, xscale, q8, wscale, lo, hi, out):
                     out[b0 + 3, n] = hsum(a3) * scale
 
 
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _int8_rows_plain(xq, xscale, q8, wscale, lo, hi, out):
     """_int8_rows_simd in plain loops (CPUs without AVX2): same arguments, same result."""
     n_rows_b = xq.shape[0]

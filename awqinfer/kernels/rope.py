@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from numba import njit
 
-from .fastmath import FASTMATH
 
-
-@njit(cache=True, fastmath=FASTMATH, nogil=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def apply_rope(qkv, cos, sin, n_rotated, head_dim):
     """Rotate the first ``n_rotated`` heads of each row in place (the q and k heads of a fused qkv).
 
