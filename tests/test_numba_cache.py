@@ -39,6 +39,8 @@ def test_a_cold_and_a_warm_cache_give_the_same_logits(tmp_path, tiny_llama_awq, 
     """A fresh process compiles every kernel into an empty cache; a second one loads them all from it."""
     numba_cache = tmp_path / "numba-cache"
     cold = _logits(tmp_path, "cold", numba_cache, [tiny_llama_awq, tiny_qwen2])
+    written = {p.name.split("-")[0] for p in numba_cache.rglob("*.nbi")}  # what the warm process will load
+    assert {"attention.attention", "decode.decode_batch", "norm.rmsnorm"} <= written, sorted(written)
     warm = _logits(tmp_path, "warm", numba_cache, [tiny_llama_awq, tiny_qwen2])
     assert np.isfinite(cold).all()
     np.testing.assert_array_equal(warm, cold)
