@@ -33,6 +33,7 @@ from serving import LONG_TOKENS, Server, make_long_model, metric, sse_events, wa
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 GREEDY = {"max_tokens": 8, "temperature": 0}
+SEED = 5  # serve --seed: the seed of requests that set none
 MESSAGES = [{"role": "system", "content": "You are a friendly assistant"},
             {"role": "user", "content": "Why is pizza so good"}]
 SHUTDOWN_TIMEOUT = 60  # seconds for SIGTERM to take down the replicas and the Ray instance
@@ -130,7 +131,7 @@ def ray_server(model_dir, tmp_path_factory):
     """`awqinfer serve --ray` with 2 replicas; stopped by SIGTERM, which must end every process it started."""
     require_ray()
     server = Server("--ray", "--replicas", 2, "--replica-cpus", 0.5, "--model", model_dir, "--api-key", KEY,
-                    "--max-batch", 4, "--kv-budget", "64MiB", cwd=tmp_path_factory.mktemp("ray_serve"))
+                    "--max-batch", 4, "--kv-budget", "64MiB", "--seed", SEED, cwd=tmp_path_factory.mktemp("ray_serve"))
     started = descendants(server.proc.pid)
     try:
         yield server
@@ -218,6 +219,16 @@ def test_concurrent_workers_ai_and_openai_requests_through_the_proxy(ray_server,
         replicas = {future.result() for future in futures}
     assert len({replica for replica, _ in replicas}) == 2, replicas
     assert len({pid for _, pid in replicas}) == 2 and ray_server.proc.pid not in {pid for _, pid in replicas}
+
+
+def test_every_replica_takes_the_servers_seed(ray_server, model_dir, llm):
+    """--seed reaches the replicas: unseeded sampled requests give what LLM.run gives for that seed."""
+    inputs = {"prompt": "Tell me a story", "max_tokens": 12, "temperature": 1.0}
+    expected = llm.run({**inputs, "seed": SEED})["response"]
+    for _ in range(4):  # both replicas, most likely (the proxy spreads requests)
+        response = requests.post(run_url(ray_server.url, model_dir), json=inputs, headers=AUTH, timeout=120)
+        assert response.status_code == 200 and response.json()["result"]["response"] == expected, response.text
+    assert llm.run({**inputs, "seed": SEED + 1})["response"] != expected
 
 
 def test_errors_auth_health_and_metrics_keep_their_shapes(ray_server, model_dir):

@@ -14,6 +14,7 @@ import os
 import sys
 
 import awqinfer
+from awqinfer.engine.text.schema import FIELDS
 
 from . import serve_ray
 from .common import EXIT_ERROR, EXIT_USAGE, add_load_flags, fail, ranged
@@ -46,6 +47,10 @@ def add_parser(subparsers) -> None:
                    help="models loaded on first use that stay loaded, most recent first (default: 2)")
     p.add_argument("--shutdown-timeout", type=ranged(float, 0, None), default=5.0, metavar="SECONDS",
                    help="on SIGTERM, how long running generations may finish before they are stopped (default: 5)")
+    seed = FIELDS["seed"]
+    p.add_argument("--seed", type=ranged(int, seed.low, seed.high), default=None, metavar="N",
+                   help="the seed of every request that sets none, so that the same request gives the same text "
+                        "(as llama-server's --seed; default: a new seed for each such request)")
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
     serve_ray.add_ray_flags(p)  # --ray, --replicas, --autoscale, --address, ... (issue 18)
 
@@ -77,6 +82,6 @@ def main(args) -> int:
         if key is None and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
             print(f"awqinfer: warning: listening on {args.host} without --api-key: anyone who can reach this "
                   "machine can use the models", file=sys.stderr)
-        app = create_app(models, api_key=key)
+        app = create_app(models, api_key=key, seed=args.seed)
         serve(app, sock, shutdown_timeout=args.shutdown_timeout, access_log=not args.no_access_log)
     return 0

@@ -90,7 +90,8 @@ def main(args, key: str | None) -> int:
     spec = ray_app.ReplicaSpec(models=tuple(args.model or [None]), device=args.device,
                                threads=args.threads or ray_app.replica_threads(cpus), keep_models=args.keep_models,
                                max_batch=args.max_batch, max_queue=args.max_queue, api_key=key,
-                               memory=args.replica_memory, kv_budget=args.kv_budget, lora_dir=args.lora_dir)
+                               memory=args.replica_memory, kv_budget=args.kv_budget, lora_dir=args.lora_dir,
+                               seed=args.seed)
     scaling = ray_app.Scaling(replicas=args.replicas, autoscale=args.autoscale, cpus=cpus,
                               shutdown_timeout=args.shutdown_timeout)
     if key is None and not _loopback(args.host):

@@ -36,8 +36,9 @@ from .workers_ai import router as workers_ai_router
 ROUTE_ERRORS = {404: (7000, "No route for that URI"), 405: (7001, "Method not allowed for that URI")}
 
 
-def create_app(models: Models, *, api_key: str | None = None) -> FastAPI:
-    """The app serving ``models``; how many generations run and wait is their schedulers' business (Models)."""
+def create_app(models: Models, *, api_key: str | None = None, seed: int | None = None) -> FastAPI:
+    """The app serving ``models``; how many generations run and wait is their schedulers' business (Models).
+    ``seed``: the seed of requests that set none (None: each draws its own)."""
     metrics = Metrics()
     engine = Engine(metrics)
     metrics.bind(engine, models.llms)
@@ -48,7 +49,7 @@ def create_app(models: Models, *, api_key: str | None = None) -> FastAPI:
         await engine.shutdown(0)  # after uvicorn's own shutdown: anything left is cancelled
 
     app = FastAPI(title="awqinfer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.server = ServerState(models, engine, metrics, api_key)
+    app.state.server = ServerState(models, engine, metrics, api_key, seed)
     app.state.started = int(time.time())
     app.include_router(workers_ai_router)
     app.include_router(openai_router)

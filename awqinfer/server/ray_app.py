@@ -59,6 +59,7 @@ class ReplicaSpec:
     memory: int | None = None  # bytes reserved from Ray per replica; None: none reserved
     kv_budget: int | None = None  # each replica's KV budget in bytes (--kv-budget); None: from memory or CPUs
     lora_dir: str | None = None  # PEFT adapters for every model (--lora-dir)
+    seed: int | None = None  # the seed of requests that set none (--seed)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Replica:
         return max(1, int(default * min(1.0, cpus / len(os.sched_getaffinity(0)))))
 
     def __serve_build_asgi_app__(self):
-        app = create_app(self.models, api_key=self.spec.api_key)
+        app = create_app(self.models, api_key=self.spec.api_key, seed=self.spec.seed)
         app.add_middleware(ReplicaHeader, value=self.id)
         return app
 

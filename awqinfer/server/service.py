@@ -35,6 +35,7 @@ class ServerState:
     engine: Engine
     metrics: Metrics
     api_key: str | None
+    seed: int | None = None  # serve --seed: the seed of requests that set none
 
 
 def state(request: Request) -> ServerState:
@@ -51,6 +52,8 @@ async def start_generation(request: Request, model: str, inputs: dict,
     """Load ``model`` and start ``inputs`` on it (both abandoned if the client leaves); -> (generation, name).
     ``options``: more keyword arguments of ``LLM.run`` (the OpenAI route's tool_choice, parallel_tool_calls)."""
     server = state(request)
+    if server.seed is not None and inputs.get("seed") is None:
+        inputs = {**inputs, "seed": server.seed}
 
     async def start() -> Generation:
         try:
