@@ -21,13 +21,13 @@ INT8_TWINS = [qdot._int8_rows_plain] + ([qdot._int8_rows_simd] if simd.AVX2 else
 
 
 def _quantize(x):
-    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64), xbsum (B, K/32) f32."""
+    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64) f32, xsum (B, K/8) int32."""
     b, k = x.shape
     xq = np.full((b, 2, k), 99, np.int8)
     xscale = np.full((b, k // ACT_BLOCK), np.nan, np.float32)
-    xbsum = np.full((b, 2 * k // ACT_BLOCK), np.nan, np.float32)
-    quantize_rows(x, xq, xscale, xbsum)
-    return xq, xscale, xbsum
+    xsum = np.full((b, k // 8), 12345, np.int32)
+    quantize_rows(x, xq, xscale, xsum)
+    return xq, xscale, xsum
 
 
 def _natural(codes):
@@ -48,7 +48,7 @@ def test_quantize_rows_matches_numpy():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, 256)) * rng.uniform(0.01, 100, (3, 1))).astype(np.float32)
     x[1, 64:128] = 0.0  # an all-zero block: scale 0, digits 0, no division by zero
-    xq, xscale, xbsum = _quantize(x)
+    xq, xscale, xsum = _quantize(x)
     blocks = x.reshape(3, 4, ACT_BLOCK)
     want_scale = np.abs(blocks).max(axis=2) / FIXED_MAX
     np.testing.assert_allclose(xscale, want_scale, rtol=1e-6)
@@ -59,7 +59,9 @@ def test_quantize_rows_matches_numpy():
     safe = np.where(want_scale > 0, want_scale, 1)
     assert np.abs(v - blocks / safe[:, :, None]).max() <= 0.5 + 1e-2  # rounded to the nearest step
     halves = v.reshape(3, 8, 32).sum(axis=2)  # natural order: inputs 0-31 and 32-63 of each block
-    np.testing.assert_allclose(xbsum, np.repeat(xscale, 2, axis=1) * halves, rtol=1e-6)
+    lanes = xsum.reshape(3, 4, 2, 4)  # per block, per half: its sum in the first of four lanes, zeros after
+    np.testing.assert_array_equal(lanes[..., 0].reshape(3, 8), halves)
+    assert not lanes[..., 1:].any()
 
 
 @pytest.mark.parametrize("rows", AWQ_TWINS, ids=lambda f: f.__name__)
@@ -72,12 +74,38 @@ def test_awq_q8_matches_numpy_for_1_to_17_rows(monkeypatch, rows, n, k, group):
     w = kernel_layout_weight(qweight, scales, zeros)
     x = rng.standard_normal((17, k)).astype(np.float32)
     for b in range(1, 18):
-        xq, xscale, xbsum = _quantize(x[:b])
+        xq, xscale, xsum = _quantize(x[:b])
         want = _dequantized(xq, xscale) @ w.T
         out = np.full((b, n), np.nan, np.float32)
         chunks = 3  # n / 3 is not a whole number of rows for most n: uneven chunks
-        awq_matvec_q.py_func(xq, xscale, xbsum, qweight, scales, zeros, out, chunks)
+        awq_matvec_q.py_func(xq, xscale, xsum, qweight, scales, zeros, out, chunks)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("rows", AWQ_TWINS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_awq_q8_extremes_do_not_overflow(monkeypatch, rows, group):
+    """The largest integer terms: codes all 0 or all 15 against zero points 15 or 0, every input at the
+    block's full scale (|v| = FIXED_MAX), 1..5 rows: the zero point's product with a half block's
+    activation sum (15 x 32 x FIXED_MAX) and the dot products stay exact."""
+    monkeypatch.setattr(qdot, "awq_rows_q", rows)
+    n, k = 4, 256
+    qweight = np.zeros((n, k // 8), np.int32)
+    qweight[1::2] = -1  # every nibble 15
+    zeros = np.zeros((n, k // group), np.uint8)
+    zeros[:2] = 15  # rows 0, 1: codes 0 and 15 against z = 15; rows 2, 3: against z = 0
+    scales = np.ones((n, k // group), np.float32)
+    x = np.ones((5, k), np.float32)
+    x[1] *= -1
+    x[2, ::2] *= -1
+    x[3, :k // 2] *= -1
+    x[4] *= np.linspace(-1, 1, k, dtype=np.float32)
+    for b in range(1, 6):
+        xq, xscale, xsum = _quantize(x[:b])
+        want = _dequantized(xq, xscale) @ kernel_layout_weight(qweight, scales, zeros).T
+        out = np.full((b, n), np.nan, np.float32)
+        awq_matvec_q.py_func(xq, xscale, xsum, qweight, scales, zeros, out, 2)
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("rows", INT8_TWINS, ids=lambda f: f.__name__)
@@ -102,9 +130,9 @@ def test_compiled_kernels_run_the_chosen_twin():
     rng = np.random.default_rng(1)
     qweight, scales, zeros = _kernel_layout(rng, 72, 512, 128)
     x = rng.standard_normal((2, 512)).astype(np.float32)
-    xq, xscale, xbsum = _quantize(x)
+    xq, xscale, xsum = _quantize(x)
     out = np.empty((2, 72), np.float32)
-    awq_matvec_q(xq, xscale, xbsum, qweight, scales, zeros, out, 4)
+    awq_matvec_q(xq, xscale, xsum, qweight, scales, zeros, out, 4)
     want = _dequantized(xq, xscale) @ kernel_layout_weight(qweight, scales, zeros).T
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
     assert qdot.awq_rows_q is (qdot._awq_rows_simd if simd.AVX2 else qdot._awq_rows_plain)

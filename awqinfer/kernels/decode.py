@@ -132,7 +132,7 @@ class Scratch(NamedTuple):
     proj: np.ndarray  # (B, H) f32: o_proj or down_proj output
     xq: np.ndarray  # (B * 2 K_max,) int8, flat: a projection's input in fixed point, two digits in kernel order (qdot.py)
     xscale: np.ndarray  # (B * K_max / 64,) f32, flat: its per-block scales
-    xbsum: np.ndarray  # (B * K_max / 32,) f32, flat: its sums per half block
+    xsum: np.ndarray  # (B * K_max / 8,) int32, flat: its sums per half block, as qdot.quantize_rows lays them
     scores: np.ndarray  # (B, n_heads, S) f32: attention scores over each cache
     o_part: np.ndarray  # (B, n_heads, C, D) f32: each position chunk's partial output
     m_part: np.ndarray  # (B, n_heads, C) f32: its running max
@@ -182,8 +182,8 @@ def _project(x, proj, layer, scratch, out):
     kind = getattr(proj, "instance_class", None)
     if kind is AwqStack:
         def awq(x, proj, layer, scratch, out):
-            xq, xscale, xbsum = quantized(x, scratch)
-            awq_matvec_q(xq, xscale, xbsum, proj.qweight[layer], proj.scales[layer], proj.zeros[layer], out,
+            xq, xscale, xsum = quantized(x, scratch)
+            awq_matvec_q(xq, xscale, xsum, proj.qweight[layer], proj.scales[layer], proj.zeros[layer], out,
                          GEMV_CHUNKS)
             _add_bias(out, proj.bias[layer])
         return awq
@@ -198,13 +198,13 @@ def _project(x, proj, layer, scratch, out):
 
 @njit(inline="always")
 def quantized(x, scratch):
-    """x (B, K) f32 converted into the scratch (kernels/qdot.py): xq (B, 2, K) int8, xscale (B, K/64), xbsum (B, K/32)."""
+    """x (B, K) f32 converted into the scratch (kernels/qdot.py): xq (B, 2, K) int8, xscale (B, K/64), xsum (B, K/8)."""
     n_rows, k = x.shape
     xq = scratch.xq[: n_rows * 2 * k].reshape((n_rows, 2, k))
     xscale = scratch.xscale[: n_rows * (k // ACT_BLOCK)].reshape((n_rows, k // ACT_BLOCK))
-    xbsum = scratch.xbsum[: n_rows * (2 * k // ACT_BLOCK)].reshape((n_rows, 2 * k // ACT_BLOCK))
-    quantize_rows(x, xq, xscale, xbsum)
-    return xq, xscale, xbsum
+    xsum = scratch.xsum[: n_rows * (k // 8)].reshape((n_rows, k // 8))
+    quantize_rows(x, xq, xscale, xsum)
+    return xq, xscale, xsum
 
 
 @njit(inline="always")

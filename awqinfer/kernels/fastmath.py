@@ -16,7 +16,7 @@ So every ``parallel=True`` kernel and ``rmsnorm`` take FASTMATH: reassociation (
 contraction (FMA) and approximate library functions (``exp``), nothing more. Serial kernels keep
 ``fastmath=True``; their cached code equals their fresh code. Putting every kernel on FASTMATH
 made the decode step ~20% slower (the integer-dot row kernels in qdot.py), hence the split;
-docs/PERFORMANCE.md item 10 has the measurements. tests/test_numba_cache.py runs prefill and
+docs/PERFORMANCE.md item 18 has the measurements. tests/test_numba_cache.py runs prefill and
 decode in a cold and then a warm process, bit for bit, and so keeps this choice honest.
 """
 

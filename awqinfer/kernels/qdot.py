@@ -15,10 +15,13 @@ greedy tokens stay the f32 reference's (with int8 activations alone, as llama.cp
 of 6 test prompts). The hi digits alone are an int8 quantization with scale 128 xs: the int8
 lm_head's screen reads just those.
 
-    y[b, n] = sum_c  s[n, g] * xs[b, c] * (q[n] . v[b])_c  -  s[n, g] * z[n, g] * xs[b, c] * sum(v[b])_c
+    y[b, n] = sum_c  s[n, g] * xs[b, c] * ((q[n] . v[b])_c  -  z[n, g] * sum(v[b])_c)
 
-with c the input blocks, g the weight group of the block (or of each half block: groups of 32
-take one scale per half), z the group's zero point (kernels/awq.py's layout, unchanged).
+with c the input blocks (each half block: groups of 32 take one scale and zero point per half),
+g the weight group of the block, z the group's zero point (kernels/awq.py's layout, unchanged).
+The zero point's term is integer, added to the block's integer dot product before the one
+conversion to float: exact, and one scalar multiply per half block. (Formed in float beside
+the dot product, as a separate sum per row, it took half the GEMV's time at K = 576.)
 
 Input order. With the kernel layout's nibble order (kernels/awq.py), the low nibbles of 32
 consecutive bytes of a row are the even inputs of a 64-input block and the high nibbles the odd
@@ -38,8 +41,8 @@ import numpy as np
 from numba import njit, prange
 
 from .fastmath import FASTMATH
-from .simd import AVX2, abs_i8, add_i16, add_i32, hsum, load_bytes, madd_pairs, madd_pairs_x128, madd_u8s8, \
-    nibbles, scale_add, sign_i8, zeros_f32x8
+from .simd import AVX2, abs_i8, add_i16, add_i32, halves_i32, hsum, load_bytes, load_i32x8, madd_pairs, \
+    madd_pairs_x128, madd_u8s8, mul_i32, nibbles, scale_add, sign_i8, zeros_f32x8
 
 ACT_BLOCK = 64  # inputs per activation scale: one 32-byte chunk of 4-bit weights
 DIGIT = 128  # v = DIGIT * hi + lo
@@ -55,13 +58,14 @@ def to_kernel_order(w: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def quantize_rows(x, xq, xscale, xbsum):
+def quantize_rows(x, xq, xscale, xsum):
     """Activations -> fixed point in kernel order, as two int8 digits, one scale per ACT_BLOCK inputs.
 
     x (B, K) f32; xq (B, 2, K) int8: xq[b, 0] the hi digits, xq[b, 1] the lo digits; xscale
-    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xbsum (B, K/32) f32 =
-    xscale * the sum of v over each half block (inputs 0-31 and 32-63 of it, in natural order):
-    the sums the zero points multiply.
+    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xsum (B, K/8) int32 =
+    for each block 8 lanes (sum0, 0, 0, 0, sum1, 0, 0, 0): the sums of v over its halves (inputs
+    0-31 and 32-63 of it, in natural order), laid out as a block's dot product lanes are, to be
+    multiplied by the zero points; |sum| <= 32 * FIXED_MAX.
     """
     half = ACT_BLOCK // 2
     for b in range(x.shape[0]):
@@ -85,65 +89,48 @@ def quantize_rows(x, xq, xscale, xbsum):
                 else:
                     second += v
             xscale[b, c] = scale
-            xbsum[b, 2 * c] = scale * np.float32(first)
-            xbsum[b, 2 * c + 1] = scale * np.float32(second)
+            xsum[b, 8 * c : 8 * c + 8] = 0
+            xsum[b, 8 * c] = first
+            xsum[b, 8 * c + 4] = second
 
 
 # --- AWQ 4-bit weights ------------------------------------------------------------------------------
 
 
 @njit(inline="always")
-def _awq_block(acc, low, high, hi, lo, c, f_lo, f_hi):
-    """acc + chunk c's products scaled by (f_lo, f_hi): nibbles low/high (the 32 even, 32 odd inputs) x block c.
+def _awq_block(acc, low, high, hi, lo, sums, c, f_lo, f_hi, minus_z):
+    """acc + chunk c's products scaled by (f_lo, f_hi): nibbles low/high (the 32 even, 32 odd inputs) x block c,
+    less the zero points of its two halves times their activation sums.
 
-    hi, lo (K,) int8: one activation row's digits. Each i16 lane sums 4 products of at most 15 x 127: no overflow.
+    hi, lo (K,) int8: one activation row's digits; sums (K/8,) int32 its half-block sums (``quantize_rows``);
+    minus_z: I32x8 of the negated zero points, the first half's in lanes 0-3, the second's in 4-7. Each i16 lane
+    sums 4 products of at most 15 x 127, each i32 lane at most 8 x 15 x FIXED_MAX plus a zero point's
+    15 x 32 x FIXED_MAX: no overflow, and exact in the f32 conversion (below 2^24).
     """
     on_hi = add_i16(madd_u8s8(low, load_bytes(hi, 64 * c)), madd_u8s8(high, load_bytes(hi, 64 * c + 32)))
     on_lo = add_i16(madd_u8s8(low, load_bytes(lo, 64 * c)), madd_u8s8(high, load_bytes(lo, 64 * c + 32)))
-    return scale_add(acc, add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), f_lo, f_hi)
-
-
-@njit(cache=True, nogil=True)
-def _zero_point_term(s_row, z_row, xb_row, split):
-    """sum over groups of s*z times the group's activation sum: what one output subtracts for its zero points.
-
-    s_row (G,) f32, z_row (G,) u8: one weight row's scales and zero points; xb_row (K/32,) f32 = one
-    activation row's half-block sums (``quantize_rows``); split: groups of 32 inputs (one per half
-    block), else groups of whole blocks.
-    Compiled without fastmath, in a fixed order, and called the same way by every loop below, so an
-    output does not depend on how many activation rows share the call (a sequence alone or in a batch).
-    """
-    z = np.float32(0.0)
-    if split:
-        for h in range(xb_row.shape[0]):
-            z += s_row[h] * np.float32(z_row[h]) * xb_row[h]
-        return z
-    halves = xb_row.shape[0] // z_row.shape[0]
-    for g in range(z_row.shape[0]):
-        total = np.float32(0.0)
-        for h in range(g * halves, (g + 1) * halves):
-            total += xb_row[h]
-        z += s_row[g] * np.float32(z_row[g]) * total
-    return z
+    zero_term = mul_i32(load_i32x8(sums, 32 * c), minus_z)
+    return scale_add(acc, add_i32(add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), zero_term), f_lo, f_hi)
 
 
 @njit(inline="always")
-def _awq_rows_one(hi_digits, lo_digits, xs, xb, qweight, scales, zeros, lo, hi, per_group, out):
+def _awq_rows_one(hi_digits, lo_digits, xs, sums, qweight, scales, zeros, lo, hi, per_group, out):
     """_awq_rows_simd for one activation row and groups of 64 inputs or more, without its branches for
     rows 2-4 (~1.4x faster on small rows). out (N,) f32; the rest as _awq_rows_simd."""
     for n in range(lo, hi):
         row = qweight[n]
         acc = zeros_f32x8()
         for g in range(scales.shape[1]):
-            s = scales[n, g]
+            s, z = scales[n, g], np.int32(-np.int64(zeros[n, g]))
+            minus_z = halves_i32(z, z)
             for c in range(g * per_group, (g + 1) * per_group):
                 low, high = nibbles(load_bytes(row, 32 * c))
-                acc = _awq_block(acc, low, high, hi_digits, lo_digits, c, s * xs[c], s * xs[c])
-        out[n] = hsum(acc) - _zero_point_term(scales[n], zeros[n], xb, False)
+                acc = _awq_block(acc, low, high, hi_digits, lo_digits, sums, c, s * xs[c], s * xs[c], minus_z)
+        out[n] = hsum(acc)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
+def _awq_rows_simd(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out):
     """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 activation rows.
 
     Rows go in blocks of ROW_BLOCK (in L1/L2 when a block is revisited for the next 4 activation rows).
@@ -153,7 +140,7 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
     split = scales.shape[1] == 2 * n_chunks  # groups of 32: each chunk's halves have their own scale
     per_step = 1 if split else n_chunks // scales.shape[1]  # chunks sharing one (pair of) scale(s)
     if n_rows_b == 1 and not split:  # one sequence, groups of 64 or more: the lean loop
-        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xbsum[0], qweight, scales, zeros, lo, hi, per_step, out[0])
+        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xsum[0], qweight, scales, zeros, lo, hi, per_step, out[0])
         return
     for n0 in range(lo, hi, ROW_BLOCK):
         for b0 in range(0, n_rows_b, 4):  # four activation rows per pass: four accumulators in registers
@@ -161,6 +148,7 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
             r1, r2, r3 = b0 + min(1, m - 1), b0 + min(2, m - 1), b0 + min(3, m - 1)  # rows past B repeat the last
             h0, h1, h2, h3 = xq[b0, 0], xq[r1, 0], xq[r2, 0], xq[r3, 0]
             l0, l1, l2, l3 = xq[b0, 1], xq[r1, 1], xq[r2, 1], xq[r3, 1]
+            u0, u1, u2, u3 = xsum[b0], xsum[r1], xsum[r2], xsum[r3]
             for n in range(n0, min(hi, n0 + ROW_BLOCK)):
                 row = qweight[n]
                 a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
@@ -168,26 +156,31 @@ def _awq_rows_simd(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
                     g = 2 * step if split else step
                     h = g + 1 if split else g  # the group of each chunk's second half
                     s_lo, s_hi = scales[n, g], scales[n, h]
+                    minus_z = halves_i32(np.int32(-np.int64(zeros[n, g])), np.int32(-np.int64(zeros[n, h])))
                     for c in range(step * per_step, (step + 1) * per_step):
                         low, high = nibbles(load_bytes(row, 32 * c))
-                        a0 = _awq_block(a0, low, high, h0, l0, c, s_lo * xscale[b0, c], s_hi * xscale[b0, c])
+                        a0 = _awq_block(a0, low, high, h0, l0, u0, c, s_lo * xscale[b0, c], s_hi * xscale[b0, c],
+                                        minus_z)
                         if m > 1:
-                            a1 = _awq_block(a1, low, high, h1, l1, c, s_lo * xscale[b0 + 1, c], s_hi * xscale[b0 + 1, c])
+                            a1 = _awq_block(a1, low, high, h1, l1, u1, c, s_lo * xscale[b0 + 1, c],
+                                            s_hi * xscale[b0 + 1, c], minus_z)
                         if m > 2:
-                            a2 = _awq_block(a2, low, high, h2, l2, c, s_lo * xscale[b0 + 2, c], s_hi * xscale[b0 + 2, c])
+                            a2 = _awq_block(a2, low, high, h2, l2, u2, c, s_lo * xscale[b0 + 2, c],
+                                            s_hi * xscale[b0 + 2, c], minus_z)
                         if m > 3:
-                            a3 = _awq_block(a3, low, high, h3, l3, c, s_lo * xscale[b0 + 3, c], s_hi * xscale[b0 + 3, c])
-                out[b0, n] = hsum(a0) - _zero_point_term(scales[n], zeros[n], xbsum[b0], split)
+                            a3 = _awq_block(a3, low, high, h3, l3, u3, c, s_lo * xscale[b0 + 3, c],
+                                            s_hi * xscale[b0 + 3, c], minus_z)
+                out[b0, n] = hsum(a0)
                 if m > 1:
-                    out[b0 + 1, n] = hsum(a1) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 1], split)
+                    out[b0 + 1, n] = hsum(a1)
                 if m > 2:
-                    out[b0 + 2, n] = hsum(a2) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 2], split)
+                    out[b0 + 2, n] = hsum(a2)
                 if m > 3:
-                    out[b0 + 3, n] = hsum(a3) - _zero_point_term(scales[n], zeros[n], xbsum[b0 + 3], split)
+                    out[b0 + 3, n] = hsum(a3)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
+def _awq_rows_plain(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out):
     """_awq_rows_simd in plain loops (CPUs without AVX2): same arguments, same result."""
     n_rows_b = xq.shape[0]
     n_chunks = qweight.shape[1] // 8
@@ -209,8 +202,8 @@ def _awq_rows_plain(xq, xscale, xbsum, qweight, scales, zeros, lo, hi, out):
                             dot += np.int32((word >> np.int32(8 * p + 4)) & np.int32(15)) * \
                                 (DIGIT * np.int32(x_hi[odd]) + np.int32(x_lo[odd]))
                     g = (2 * c + half) // halves_per_group
-                    s, sz = scales[n, g], scales[n, g] * np.float32(zeros[n, g])
-                    total += s * xscale[b, c] * np.float32(dot) - sz * xbsum[b, 2 * c + half]
+                    dot -= np.int32(np.int32(zeros[n, g]) * xsum[b, 8 * c + 4 * half])
+                    total += scales[n, g] * xscale[b, c] * np.float32(dot)
             out[b, n] = total
 
 
@@ -218,16 +211,16 @@ awq_rows_q = _awq_rows_simd if AVX2 else _awq_rows_plain
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
-def awq_matvec_q(xq, xscale, xbsum, qweight, scales, zeros, out, n_tasks):
+def awq_matvec_q(xq, xscale, xsum, qweight, scales, zeros, out, n_tasks):
     """out = X @ W^T for B converted activation rows, the N outputs split into ``n_tasks`` parallel ranges.
 
-    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64), xbsum (B, K/32) f32 (``quantize_rows``);
+    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64) f32, xsum (B, K/8) int32 (``quantize_rows``);
     qweight (N, K/8) int32; scales (N, G) f32, zeros (N, G) u8, the group size K/G 32 or a multiple of 64;
     out (B, N) f32.
     """
     n_out = qweight.shape[0]
     for t in prange(n_tasks):
-        awq_rows_q(xq, xscale, xbsum, qweight, scales, zeros, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
+        awq_rows_q(xq, xscale, xsum, qweight, scales, zeros, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
 
 
 # --- int8 weights (the lm_head's screen) ------------------------------------------------------------

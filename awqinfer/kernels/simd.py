@@ -11,6 +11,9 @@ equivalent), so these few operations are written as LLVM IR through
     nibbles(v) -> (lo, hi)              each byte's low and high 4 bits, as bytes 0..15
     madd_u8s8(u, s) -> I16x16           vpmaddubsw: u8 x s8, adjacent pairs summed (saturating)
     add_i16(a, b), add_i32(a, b)        lane-wise sums
+    load_i32x8(a, offset) -> I32x8      8 int32 of any C-contiguous array, from a byte offset
+    halves_i32(a, b) -> I32x8           a in lanes 0-3, b in lanes 4-7 (one per half block)
+    mul_i32(a, b)                       lane-wise i32 product
     madd_pairs(v) -> I32x8              vpmaddwd with ones: adjacent i16 pairs summed to i32
     madd_pairs_x128(v) -> I32x8         the same times 128 (vpmaddwd with 128s)
     abs_i8(v), sign_i8(v, s)            |v| and v * sign(s) (llama.cpp's s8 x s8 trick)
@@ -76,6 +79,12 @@ def _splat(builder, value, vec_type: ir.VectorType):
                                   ir.Constant(ir.VectorType(ir.IntType(32), vec_type.count), [0] * vec_type.count))
 
 
+def _halves(builder, a, b, vec_type: ir.VectorType):
+    """An 8-lane vector of scalar a in lanes 0-3 and b in lanes 4-7."""
+    return builder.shuffle_vector(_splat(builder, a, vec_type), _splat(builder, b, vec_type),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 1, 2, 3, 12, 13, 14, 15]))
+
+
 def _byte_pointer(context, builder, arr_type, arr, offset):
     """i8* to byte ``offset`` of a contiguous array's data."""
     data = context.make_array(arr_type)(context, builder, arr).data
@@ -96,6 +105,17 @@ def load_bytes(typingctx, arr, offset):
         p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
         return builder.load(builder.bitcast(p, U8x32.llvm().as_pointer()), align=1)
     return U8x32(arr, offset), codegen
+
+
+@intrinsic
+def load_i32x8(typingctx, arr, offset):
+    """The 8 int32 of ``arr`` (any C-contiguous array) starting at byte ``offset``."""
+    _check_contiguous(arr)
+
+    def codegen(context, builder, sig, args):
+        p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, I32x8.llvm().as_pointer()), align=4)
+    return I32x8(arr, offset), codegen
 
 
 @intrinsic
@@ -146,6 +166,18 @@ def _lanewise(op: str, vec: Vec):
 
 add_i16 = _lanewise("add", I16x16)  # lane-wise i16 sum (callers keep it from overflowing)
 add_i32 = _lanewise("add", I32x8)  # lane-wise i32 sum
+mul_i32 = _lanewise("mul", I32x8)  # lane-wise i32 product (low 32 bits; callers keep it in range)
+
+
+@intrinsic
+def halves_i32(typingctx, a, b):
+    """An I32x8 of a (int32) in lanes 0-3 and b in lanes 4-7: one value for each half of a 64-input block."""
+    if a != types.int32 or b != types.int32:
+        raise TypingError(f"expected two int32, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return _halves(builder, args[0], args[1], I32x8.llvm())
+    return I32x8(a, b), codegen
 
 
 @intrinsic
@@ -175,9 +207,7 @@ def scale_add(typingctx, acc, d, s_low, s_high):
     """
     def codegen(context, builder, sig, args):
         t = F32x8.llvm()
-        scales = builder.shuffle_vector(_splat(builder, args[2], t), _splat(builder, args[3], t),
-                                        ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 1, 2, 3, 12, 13, 14, 15]))
-        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), scales))
+        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), _halves(builder, args[2], args[3], t)))
     return F32x8(acc, d, types.float32, types.float32), codegen
 
 

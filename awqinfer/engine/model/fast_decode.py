@@ -75,8 +75,9 @@ class DecodeState:
         chunks = n_chunks(positions)
         f32 = lambda *shape: np.zeros(shape, np.float32)
         return Scratch(h=f32(rows, H), qkv=f32(rows, c.q_size + 2 * c.kv_size), attn=f32(rows, c.q_size),
-                       mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H), xq=np.zeros(rows * 2 * k_max, np.int8),
-                       xscale=f32(rows * k_max // ACT_BLOCK), xbsum=f32(rows * 2 * k_max // ACT_BLOCK),
+                       mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H),
+                       xq=np.zeros(rows * 2 * k_max, np.int8), xscale=f32(rows * k_max // ACT_BLOCK),
+                       xsum=np.zeros(rows * k_max // 8, np.int32),
                        scores=f32(rows, heads, positions), o_part=f32(rows, heads, chunks, c.head_dim),
                        m_part=f32(rows, heads, chunks), l_part=f32(rows, heads, chunks))
 
