@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,30 +42,63 @@ def make(argv):
     raise SystemExit(f"unknown engine {kind!r}")
 
 
+def answer(engine, req: dict) -> dict:
+    """One request's reply."""
+    from .engines import Awqinfer
+
+    op = req["op"]
+    if op == "prefill":
+        return {"seconds": engine.prefill(req["ids"])}
+    if op == "greedy":
+        tokens, seconds = engine.greedy(req["ids"], req["n"])
+        return {"tokens": tokens, "seconds": seconds}
+    if op == "fill":
+        engine.fill(req["ids"], req["extra"])
+        return {}
+    if op == "decode_at":
+        return {"seconds": engine.decode_at(req["ctx"], req["n"])}
+    if op == "stream":
+        return engine.stream(req["ids"], req["n"])
+    if op == "check":
+        fast, _ = Awqinfer(engine.llm, fast=True).greedy(req["ids"], req["n"])
+        ref, _ = Awqinfer(engine.llm, fast=False).greedy(req["ids"], req["n"])
+        return {"fast": fast, "reference": ref}
+    return {"error": f"unknown op {op!r}"}
+
+
+def alone(work, llm):
+    """``work()`` in a thread of its own, then wait for ``llm``'s engine thread to end: one OpenMP master at a time.
+
+    Every thread that starts Numba's parallel kernels keeps a pool of OpenMP threads until it
+    exits, and once a process holds more pool threads than cores, libgomp makes all of them stop
+    spinning between kernels: a decode step from the second thread ran ~1.5x slower
+    (docs/PERFORMANCE.md item 19). The raw loops (``Model.forward``) would run on this process's
+    main thread and the streamed ones on the scheduler's engine thread; so each request runs in a
+    thread that ends with it, and the next starts once the engine thread (idle after a stream) is gone.
+    """
+    box = {}
+
+    def target():
+        try:
+            box["out"] = work()
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller
+            box["error"] = e
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    while llm.scheduler.engine_running:
+        time.sleep(0.05)
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
+
+
 def serve(engine, requests, reply):
     from .engines import Awqinfer
 
     for line in requests:
         req = json.loads(line)
-        op = req["op"]
-        if op == "prefill":
-            out = {"seconds": engine.prefill(req["ids"])}
-        elif op == "greedy":
-            tokens, seconds = engine.greedy(req["ids"], req["n"])
-            out = {"tokens": tokens, "seconds": seconds}
-        elif op == "fill":
-            engine.fill(req["ids"], req["extra"])
-            out = {}
-        elif op == "decode_at":
-            out = {"seconds": engine.decode_at(req["ctx"], req["n"])}
-        elif op == "stream":
-            out = engine.stream(req["ids"], req["n"])
-        elif op == "check":
-            fast, _ = Awqinfer(engine.llm, fast=True).greedy(req["ids"], req["n"])
-            ref, _ = Awqinfer(engine.llm, fast=False).greedy(req["ids"], req["n"])
-            out = {"fast": fast, "reference": ref}
-        else:
-            out = {"error": f"unknown op {op!r}"}
+        out = alone(lambda: answer(engine, req), engine.llm) if isinstance(engine, Awqinfer) else answer(engine, req)
         reply.write(json.dumps(out) + "\n")
         reply.flush()
 

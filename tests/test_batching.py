@@ -129,6 +129,25 @@ def test_concurrent_runs_equal_runs_one_at_a_time(llm, monkeypatch):
     assert max(sizes) > 1  # they really were stepped together
 
 
+def test_the_engine_thread_ends_when_idle_and_comes_back(llm, monkeypatch):
+    """One thread runs the kernels while there is work, and ends (its OpenMP pool with it) once idle."""
+    from awqinfer.engine.text import scheduler
+
+    monkeypatch.setattr(scheduler, "IDLE_SECONDS", 0.2)
+    names = []
+    real = llm.model.forward_batch
+    monkeypatch.setattr(llm.model, "forward_batch", lambda *a, **k: names.append(threading.current_thread().name)
+                        or real(*a, **k))
+    for _ in range(2):
+        assert llm.run(REQUESTS[0]) == llm.run(REQUESTS[0])
+        assert llm.scheduler.engine_running
+        deadline = time.monotonic() + 10
+        while llm.scheduler.engine_running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not llm.scheduler.engine_running
+    assert set(names) == {"awqinfer-engine"} and threading.current_thread().name != "awqinfer-engine"
+
+
 def test_the_scheduler_runs_the_same_steps_as_the_plain_loop(llm):
     for r in REQUESTS[:3]:
         request = parse_inputs(r)

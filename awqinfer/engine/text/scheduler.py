@@ -118,6 +118,13 @@ class Scheduler:
         with self._lock:
             return len(self._running), len(self._waiting)
 
+    @property
+    def engine_running(self) -> bool:
+        """Whether the engine thread is up (it ends IDLE_SECONDS after its last sequence, and with it its
+        OpenMP threads: a process should have one thread running parallel kernels at a time)."""
+        with self._lock:
+            return self._thread is not None
+
     def submit(self, seq: Sequence) -> TokenStream:
         """Queue ``seq``; its tokens come out of the returned stream as the engine makes them.
 
