@@ -8,7 +8,9 @@ Two measurements, written to benchmarks/batching.json and .png (report.py render
 * streams: N threads call ``LLM.run(stream=True)`` at the same moment (a raw prose prompt of
   ``--prompt-tokens``, greedy, up to ``--tokens`` new tokens), so the scheduler steps them
   together. Per stream: seconds to the first chunk and decode tokens/s after it; the aggregate
-  is the sum of the streams' decode rates (they overlap). Then a newcomer's seconds to its first
+  counts the chunks of all streams while every one of them was decoding (``all_decoding``: the
+  prompts' prefill, a chunk a step between the decode steps, drags the early streams' own rates
+  down, and llama-batched-bench leaves prompts out of its decode figure too). Then a newcomer's seconds to its first
   chunk alone and while 8 streams decode (chunked prefill interleaved with their steps). Beside it, llama.cpp's
   ``llama-batched-bench`` on the same GGUF (its own loop, 128 prompt + 128 new tokens a stream).
 * KV dtype: ``Model.forward`` decode tokens/s with float16 against float32 KV caches after
@@ -37,23 +39,32 @@ from .report import plot_streams
 
 def one_stream(llm, prompt: str, tokens: int, out: list, start: threading.Barrier | None = None,
                on_first=lambda: None) -> None:
-    """Run one greedy streamed request (after ``start``); append (first-chunk s, decode tokens/s, tokens)."""
+    """Run one greedy streamed request (after ``start``); append (first-chunk s, decode tokens/s, tokens, the
+    perf_counter times of its chunks with text)."""
     if start is not None:
         start.wait()
     t0 = time.perf_counter()
-    first = last = None
+    times = []
     usage = {}
     for chunk in llm.run({"prompt": prompt, "raw": True, "stream": True, "max_tokens": tokens, "temperature": 0}):
-        now = time.perf_counter()
         if chunk.get("response"):
-            if first is None:
-                first = now
+            times.append(time.perf_counter())
+            if len(times) == 1:
                 on_first()
-            last = now
         usage = chunk.get("usage") or usage
     n = usage.get("completion_tokens", 0)
-    rate = (n - 1) / (last - first) if first is not None and last > first and n > 1 else float("nan")
-    out.append((first - t0 if first is not None else float("nan"), rate, n))
+    rate = (n - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] and n > 1 else float("nan")
+    out.append((times[0] - t0 if times else float("nan"), rate, n, times))
+
+
+def all_decoding(times: list[list[float]]) -> float:
+    """Chunks per second that all the streams got while every one of them was decoding: from the last
+    stream's first chunk to the first stream's last. The prompts' prefill (one chunk a step, between
+    the decode steps) is outside it, as it is outside llama-batched-bench's decode figure."""
+    start, end = max(t[0] for t in times), min(t[-1] for t in times)
+    if end <= start:
+        return float("nan")
+    return sum(start < x <= end for t in times for x in t) / (end - start)
 
 
 def concurrently(n: int, target, *args, **kwargs) -> list[threading.Thread]:
@@ -71,8 +82,8 @@ def streams(llm, counts: list[int], prompt: str, tokens: int, log) -> dict:
         out: list = []
         for t in concurrently(n, one_stream, llm, prompt, tokens, out, threading.Barrier(n)):
             t.join()
-        firsts, rates, made = zip(*out)
-        res[n] = {"aggregate": float(np.nansum(rates)), "per_stream": float(np.nanmean(rates)),
+        firsts, rates, made, times = zip(*out)
+        res[n] = {"aggregate": all_decoding(times), "per_stream": float(np.nanmean(rates)),
                   "first_chunk_s": float(np.mean(firsts)), "tokens": float(np.mean(made))}
         log(f"  {n:2d} streams: {res[n]['aggregate']:.1f} tok/s aggregate, first chunk {res[n]['first_chunk_s']:.2f} s")
     return res

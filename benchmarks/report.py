@@ -194,7 +194,10 @@ def batching_section(b: dict) -> list[str]:
         lines += ["", "## Concurrent streams (continuous batching), greedy, "
                   f"up to {b['args']['tokens']} new tokens a stream", "",
                   "N threads call `LLM.run(stream=True)` at once (`python -m benchmarks.batching`); aggregate = the "
-                  "sum of the streams' decode tokens/s. llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
+                  "chunks (~tokens) all streams got per second while every one was decoding, from the last stream's "
+                  "first chunk to the first one's last (their prompts' prefill is outside it, as it is outside "
+                  "llama.cpp's decode figure); per stream = the mean of each stream's own decode tokens/s. "
+                  "llama.cpp: `llama-batched-bench` (its own loop, 2 threads). "
                   f"Load average before/after: {fmt_load(b['load_average_before'])} / "
                   f"{fmt_load(b['load_average_after'])}.", "",
                   "| streams | awqinfer aggregate tok/s | per stream | first chunk s | llama.cpp aggregate | ratio |",
