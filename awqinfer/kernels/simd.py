@@ -96,26 +96,21 @@ def _check_contiguous(arr):
         raise TypingError(f"expected a C-contiguous array, got {arr}")
 
 
-@intrinsic
-def load_bytes(typingctx, arr, offset):
-    """The 32 bytes of ``arr`` (any C-contiguous array) starting at byte ``offset``."""
-    _check_contiguous(arr)
+def _load(vec: "Vec", align: int):
+    """An intrinsic loading one ``vec`` from any C-contiguous array at a byte offset."""
+    @intrinsic
+    def load(typingctx, arr, offset):
+        _check_contiguous(arr)
 
-    def codegen(context, builder, sig, args):
-        p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(p, U8x32.llvm().as_pointer()), align=1)
-    return U8x32(arr, offset), codegen
+        def codegen(context, builder, sig, args):
+            p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
+            return builder.load(builder.bitcast(p, vec.llvm().as_pointer()), align=align)
+        return vec(arr, offset), codegen
+    return load
 
 
-@intrinsic
-def load_i32x8(typingctx, arr, offset):
-    """The 8 int32 of ``arr`` (any C-contiguous array) starting at byte ``offset``."""
-    _check_contiguous(arr)
-
-    def codegen(context, builder, sig, args):
-        p = _byte_pointer(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(p, I32x8.llvm().as_pointer()), align=4)
-    return I32x8(arr, offset), codegen
+load_bytes = _load(U8x32, 1)  # the 32 bytes of an array from a byte offset
+load_i32x8 = _load(I32x8, 4)  # the 8 int32 of an array from a byte offset (4-aligned)
 
 
 @intrinsic
