@@ -20,8 +20,9 @@ lm_head's screen reads just those.
 with c the input blocks (each half block: groups of 32 take one scale and zero point per half),
 g the weight group of the block, z the group's zero point (kernels/awq.py's layout, unchanged).
 The zero point's term is integer, added to the block's integer dot product before the one
-conversion to float: exact, and one scalar multiply per half block. (Formed in float beside
-the dot product, as a separate sum per row, it took half the GEMV's time at K = 576.)
+conversion to float: exact, one vector load and multiply per block (the half-block sums times
+the negated zero points). Formed in float beside the dot product, as a separate sum per row, it
+took half the GEMV's time at K = 576 (docs/PERFORMANCE.md, item 17).
 
 Input order. With the kernel layout's nibble order (kernels/awq.py), the low nibbles of 32
 consecutive bytes of a row are the even inputs of a 64-input block and the high nibbles the odd
