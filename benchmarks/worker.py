@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -76,21 +76,12 @@ def alone(work, llm):
     main thread and the streamed ones on the scheduler's engine thread; so each request runs in a
     thread that ends with it, and the next starts once the engine thread (idle after a stream) is gone.
     """
-    box = {}
-
-    def target():
-        try:
-            box["out"] = work()
-        except BaseException as e:  # noqa: BLE001 - raised again in the caller
-            box["error"] = e
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    while llm.scheduler.engine_running:
-        time.sleep(0.05)
-    if "error" in box:
-        raise box["error"]
-    return box["out"]
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # its one thread ends with the block
+            return pool.submit(work).result()
+    finally:
+        while llm.scheduler.engine_running:
+            time.sleep(0.05)
 
 
 def serve(engine, requests, reply):

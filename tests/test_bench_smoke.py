@@ -114,3 +114,9 @@ def test_batching_benchmark_smoke(tiny_llama_awq, tmp_path):
     assert set(b["kv"]) == {"float16", "float32"} and all(set(v) == {"32", "64"} for v in b["kv"].values())
     text = "\n".join(report.batching_section(b))
     assert "| 2 |" in text and "| gain |" in text
+
+
+def test_the_batching_aggregate_counts_only_the_time_every_stream_decodes():
+    """From the last stream's first chunk (excluded) to the first stream's last: 4 chunks in 1.5 s here."""
+    assert batching.all_decoding([[0.0, 1.0, 2.0, 3.0], [1.5, 2.0, 3.0, 4.0]]) == 4 / 1.5
+    assert math.isnan(batching.all_decoding([[0.0, 1.0], [2.0, 3.0]]))  # never all decoding at once
