@@ -112,7 +112,7 @@ def test_the_seeds_event_source_reading(server):
 def test_serve_seed_is_the_seed_of_requests_that_set_none(server):
     """--seed: a request without a seed gives the same text every time, on either API, as one that sends
     that seed; a request's own seed wins."""
-    messages = [{"role": "user", "content": "Name a colour"}]
+    messages = [{"role": "user", "content": "Tell me a story"}]  # open-ended: two seeds part within a few tokens
 
     def workers_ai(**extra):
         body = {"messages": messages, "max_tokens": 24, **extra}
