@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from awqinfer.kernels import qdot, simd
-from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, awq_matvec_q, int8_matvec_q, quantize_rows, \
-    to_kernel_order
+from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, STEP, awq_matvec_q, int8_matvec_q, quantize_rows, \
+    step_sums, to_kernel_order
 from oracle import kernel_layout_weight
 from test_kernels_fast import _kernel_layout
 
@@ -21,11 +21,11 @@ INT8_TWINS = [qdot._int8_rows_plain] + ([qdot._int8_rows_simd] if simd.AVX2 else
 
 
 def _quantize(x):
-    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64) f32, xsum (B, K/8) int32."""
+    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64) f32, xsum (B, step_sums(K)) int32."""
     b, k = x.shape
     xq = np.full((b, 2, k), 99, np.int8)
     xscale = np.full((b, k // ACT_BLOCK), np.nan, np.float32)
-    xsum = np.full((b, k // 8), 12345, np.int32)
+    xsum = np.full((b, step_sums(k)), 12345, np.int32)
     quantize_rows(x, xq, xscale, xsum)
     return xq, xscale, xsum
 
@@ -46,28 +46,34 @@ def _dequantized(xq, xscale, digits=2):
 
 def test_quantize_rows_matches_numpy():
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((3, 256)) * rng.uniform(0.01, 100, (3, 1))).astype(np.float32)
+    x = (rng.standard_normal((3, 320)) * rng.uniform(0.01, 100, (3, 1))).astype(np.float32)
     x[1, 64:128] = 0.0  # an all-zero block: scale 0, digits 0, no division by zero
     xq, xscale, xsum = _quantize(x)
-    blocks = x.reshape(3, 4, ACT_BLOCK)
+    blocks = x.reshape(3, 5, ACT_BLOCK)
     want_scale = np.abs(blocks).max(axis=2) / FIXED_MAX
     np.testing.assert_allclose(xscale, want_scale, rtol=1e-6)
     assert xscale[1, 1] == 0 and not xq[:, :, 64:128][1].any()
     hi, lo = xq[:, 0].astype(np.int64), xq[:, 1].astype(np.int64)
     assert np.abs(hi).max() == 127 and np.abs(lo).max() <= DIGIT // 2
-    v = _natural(DIGIT * hi + lo).reshape(3, 4, ACT_BLOCK)
+    v = _natural(DIGIT * hi + lo).reshape(3, 5, ACT_BLOCK)
     safe = np.where(want_scale > 0, want_scale, 1)
     assert np.abs(v - blocks / safe[:, :, None]).max() <= 0.5 + 1e-2  # rounded to the nearest step
-    halves = v.reshape(3, 8, 32).sum(axis=2)  # natural order: inputs 0-31 and 32-63 of each block
-    lanes = xsum.reshape(3, 4, 2, 4)  # per block, per half: its sum in the first of four lanes, zeros after
-    np.testing.assert_array_equal(lanes[..., 0].reshape(3, 8), halves)
-    assert not lanes[..., 1:].any()
+    halves = v.reshape(3, 5, 2, 32).sum(axis=3)  # natural order: inputs 0-31 and 32-63 of each block
+    # per STEP blocks, 8 lanes: their first halves' sums, then their second halves'; block 4, after the last
+    # whole step, has 8 lanes of its own: (first, 0, 0, 0, second, 0, 0, 0)
+    assert xsum.shape == (3, 16) and STEP == 4
+    lanes = xsum.reshape(3, 2, 2, 4)  # (row, step or lone block, half, lane)
+    np.testing.assert_array_equal(lanes[:, 0].transpose(0, 2, 1), halves[:, :4])
+    np.testing.assert_array_equal(lanes[:, 1, :, 0], halves[:, 4])
+    assert not lanes[:, 1, :, 1:].any()
 
 
 @pytest.mark.parametrize("rows", AWQ_TWINS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("n,k,group", [(8, 64, 64), (96, 576, 64), (37 * 8, 1536, 64), (40, 1024, 128), (24, 192, 32)])
+@pytest.mark.parametrize("n,k,group", [(8, 64, 64), (96, 576, 64), (37 * 8, 1536, 64), (40, 1024, 128), (24, 192, 32),
+                                     (16, 320, 32), (16, 640, 128), (24, 1024, 256), (24, 768, 192)])
 def test_awq_q8_matches_numpy_for_1_to_17_rows(monkeypatch, rows, n, k, group):
-    """Every batch size 1..17, row counts that leave partial chunks, groups of half, one and two blocks."""
+    """Every batch size 1..17, row counts that leave partial chunks, groups of half a block to four blocks
+    (and 192 inputs, three blocks: groups that straddle a step), with and without a partial last step."""
     monkeypatch.setattr(qdot, "awq_rows_q", rows)
     rng = np.random.default_rng(n + k + group)
     qweight, scales, zeros = _kernel_layout(rng, n, k, group)

@@ -3,7 +3,7 @@
 A one-token 4-bit GEMV spends its time unpacking nibbles into floats (docs/PERFORMANCE.md,
 4-bit GEMV item 6). Here the activations are converted instead, once per call, and each
 32-byte chunk of weights is multiplied as bytes (``vpmaddubsw``, kernels/simd.py) into i32
-sums; one float multiply-add per 64 inputs applies both scales.
+sums; one float multiply-add per half block applies both scales, for four blocks at a time.
 
 Activations: 15-bit fixed point in two int8 digits. Each block of ACT_BLOCK = 64 inputs gets
 one scale xs = absmax / FIXED_MAX, and each input the integer v = rint(x / xs), |v| <= 127 * 128,
@@ -20,9 +20,18 @@ lm_head's screen reads just those.
 with c the input blocks (each half block: groups of 32 take one scale and zero point per half),
 g the weight group of the block, z the group's zero point (kernels/awq.py's layout, unchanged).
 The zero point's term is integer, added to the block's integer dot product before the one
-conversion to float: exact, one vector load and multiply per block (the half-block sums times
-the negated zero points). Formed in float beside the dot product, as a separate sum per row, it
-took half the GEMV's time at K = 576 (docs/PERFORMANCE.md, item 17).
+conversion to float: exact (the half-block sums times the negated zero points). Formed in float
+beside the dot product, as a separate sum per row, it took half the GEMV's time at K = 576
+(docs/PERFORMANCE.md, item 17).
+
+Steps of four blocks. A block's i32 dot products leave ``vpmaddwd`` spread over 8 lanes; two
+rounds of ``vphaddd`` fold four blocks' into one vector of their 8 half-block sums (block c + i's
+first half in lane i, its second in lane 4 + i). The rest of the work is then done once per four
+blocks: the zero points' term (the activations' half-block sums laid out the same way by
+``quantize_rows``), the conversion to float, and the multiply-add by s * xs, whose scales and zero
+points load as vectors in the layout of each group size (``_step_scales``). Done per block, that
+scalar work was as large as the byte products: steps are 1.15-1.5x faster (docs/PERFORMANCE.md,
+item 20). The blocks after the last whole step (K/64 not a multiple of 4) go one at a time.
 
 Input order. With the kernel layout's nibble order (kernels/awq.py), the low nibbles of 32
 consecutive bytes of a row are the even inputs of a 64-input block and the high nibbles the odd
@@ -30,10 +39,12 @@ ones. Activations are converted into that order ("kernel order": per block, the 
 then the 32 odd), so unpacking is one AND and one shift per 32 bytes; the int8 lm_head's
 columns are permuted to the same order at load (``to_kernel_order``).
 
-Batch-ready. Every kernel takes B activation rows (xq (B, 2, K)) and writes out (B, N): each
-weight chunk is loaded and unpacked once and used for up to 4 rows held in registers (B = 1
-for one sequence). The SIMD kernels need AVX2 (kernels/simd.py); elsewhere plain-loop twins of
-the same signature run, chosen when this module is imported. Both are tested against numpy.
+Batch-ready. Every kernel takes B activation rows (xq (B, 2, K)) and writes out (B, N). The AWQ
+kernel computes each (weight row, activation row) pair with the same function at any B (batch
+invariance), its weight rows in blocks that stay in cache while every activation row passes; the
+int8 kernel uses each 32-byte chunk for up to 4 activation rows held in registers. The SIMD kernels
+need AVX2 (kernels/simd.py); elsewhere plain-loop twins of the same signature run, chosen when this
+module is imported. Both are tested against numpy.
 """
 
 from __future__ import annotations
@@ -42,13 +53,15 @@ import numpy as np
 from numba import njit, prange
 
 from .fastmath import FASTMATH
-from .simd import AVX2, abs_i8, add_i16, add_i32, halves_i32, hsum, load_bytes, load_i32x8, madd_pairs, \
-    madd_pairs_x128, madd_u8s8, mul_i32, nibbles, scale_add, sign_i8, zeros_f32x8
+from .simd import AVX2, abs_i8, add_i16, add_i32, f32x8, hadd_i32, halves_i32, hsum, i32x8, lanes_of, load_bytes, \
+    load_i32x8, madd_pairs, madd_pairs_x128, madd_u8s8, mul_f32, mul_i32, nibbles, scale_add, scale_add_lanes, \
+    sign_i8, zeros_f32x8
 
 ACT_BLOCK = 64  # inputs per activation scale: one 32-byte chunk of 4-bit weights
 DIGIT = 128  # v = DIGIT * hi + lo
 FIXED_MAX = 127 * DIGIT  # the largest |v|: hi stays within int8
-ROW_BLOCK = 16  # weight rows per block of the SIMD kernels (revisited from cache for activation rows 5-8, ...)
+ROW_BLOCK = 16  # weight rows per block of the SIMD kernels (revisited from cache for each activation row)
+STEP = 4  # blocks per step of the AWQ kernel: their 8 half-block dot products fill one I32x8
 
 
 def to_kernel_order(w: np.ndarray) -> np.ndarray:
@@ -58,19 +71,41 @@ def to_kernel_order(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([blocks[..., 0::2], blocks[..., 1::2]], axis=2).reshape(n, k))
 
 
+@njit(cache=True, nogil=True)
+def step_sums(k):
+    """The width of one activation row's ``xsum`` for K inputs: 8 int32 lanes per step of STEP blocks, and per
+    block after the last whole step."""
+    n_chunks = k // ACT_BLOCK
+    return 8 * (n_chunks // STEP + n_chunks % STEP)
+
+
+@njit(inline="always")
+def _sum_lane(c, n_chunks):
+    """The lane of block c's first-half activation sum in a row's xsum; its second half's is STEP lanes on.
+
+    Steps of STEP blocks hold their blocks' first halves' sums in lanes 0-3 and second halves' in 4-7, as
+    ``_step`` adds them; a block after the last whole step has 8 lanes of its own, (first, 0, 0, 0,
+    second, 0, 0, 0), as ``_block`` adds them.
+    """
+    full = n_chunks // STEP
+    return 8 * (c // STEP) + c % STEP if c < STEP * full else 8 * full + 8 * (c - STEP * full)
+
+
 @njit(cache=True, fastmath=True, nogil=True)
 def quantize_rows(x, xq, xscale, xsum):
     """Activations -> fixed point in kernel order, as two int8 digits, one scale per ACT_BLOCK inputs.
 
     x (B, K) f32; xq (B, 2, K) int8: xq[b, 0] the hi digits, xq[b, 1] the lo digits; xscale
-    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xsum (B, K/8) int32 =
-    for each block 8 lanes (sum0, 0, 0, 0, sum1, 0, 0, 0): the sums of v over its halves (inputs
-    0-31 and 32-63 of it, in natural order), laid out as a block's dot product lanes are, to be
-    multiplied by the zero points; |sum| <= 32 * FIXED_MAX.
+    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xsum (B, step_sums(K))
+    int32: the sums of v over each block's halves (inputs 0-31 and 32-63 of it, in natural order),
+    laid out as a step's dot products are (``_row_dot``): per STEP blocks, 8 lanes holding their
+    first halves' sums, then their second halves' (``_sum_lane``); zero in the other lanes.
+    |sum| <= 32 * FIXED_MAX.
     """
     half = ACT_BLOCK // 2
     for b in range(x.shape[0]):
         xb, hi_digits, lo_digits = x[b], xq[b, 0], xq[b, 1]
+        xsum[b, :] = 0
         for c in range(xscale.shape[1]):
             block = xb[c * ACT_BLOCK : (c + 1) * ACT_BLOCK]
             top = np.float32(0.0)
@@ -90,94 +125,159 @@ def quantize_rows(x, xq, xscale, xsum):
                 else:
                     second += v
             xscale[b, c] = scale
-            xsum[b, 8 * c : 8 * c + 8] = 0
-            xsum[b, 8 * c] = first
-            xsum[b, 8 * c + 4] = second
+            lane = _sum_lane(c, xscale.shape[1])
+            xsum[b, lane] = first
+            xsum[b, lane + STEP] = second
 
 
 # --- AWQ 4-bit weights ------------------------------------------------------------------------------
 
+# How a row's groups meet a step's 8 lanes (block c + i's first half in lane i, its second in lane 4 + i):
+# the scales and zero points of one step of each group size, as loaders of (row, first group's index).
+GROUPS_32, GROUPS_64, GROUPS_128, GROUPS_WHOLE, GROUPS_OTHER = 0, 1, 2, 3, 4
+_scales_32, _zeros_32 = lanes_of("f", 8, (0, 2, 4, 6, 1, 3, 5, 7)), lanes_of("z", 8, (0, 2, 4, 6, 1, 3, 5, 7))
+_scales_64, _zeros_64 = lanes_of("f", 4, (0, 1, 2, 3) * 2), lanes_of("z", 4, (0, 1, 2, 3) * 2)
+_scales_128, _zeros_128 = lanes_of("f", 2, (0, 0, 1, 1) * 2), lanes_of("z", 2, (0, 0, 1, 1) * 2)
+_scales_whole, _zeros_whole = lanes_of("f", 1, (0,) * 8), lanes_of("z", 1, (0,) * 8)
+_blocks_4 = _scales_64  # the four blocks' activation scales xs[c..c+3], twice
+
 
 @njit(inline="always")
-def _awq_block(acc, low, high, hi, lo, sums, c, f_lo, f_hi, minus_z):
-    """acc + chunk c's products scaled by (f_lo, f_hi): nibbles low/high (the 32 even, 32 odd inputs) x block c,
-    less the zero points of its two halves times their activation sums.
+def _groups_kind(n_chunks, n_groups):
+    """The GROUPS_* code of ``n_chunks`` blocks of 64 inputs in ``n_groups`` weight groups (of 32, or 64k inputs)."""
+    if n_groups == 2 * n_chunks:
+        return GROUPS_32
+    per = n_chunks // n_groups
+    return GROUPS_64 if per == 1 else GROUPS_128 if per == 2 else GROUPS_WHOLE if per % STEP == 0 else GROUPS_OTHER
 
-    hi, lo (K,) int8: one activation row's digits; sums (K/8,) int32 its half-block sums (``quantize_rows``);
-    minus_z: I32x8 of the negated zero points, the first half's in lanes 0-3, the second's in 4-7. Each i16 lane
-    sums 4 products of at most 15 x 127, each i32 lane at most 8 x 15 x FIXED_MAX plus a zero point's
-    15 x 32 x FIXED_MAX: no overflow, and exact in the f32 conversion (below 2^24).
+
+@njit(inline="always")
+def _neg(z):
+    """-z as int32 (Numba would widen it to int64)."""
+    return np.int32(-np.int32(z))
+
+
+@njit(inline="always")
+def _group(c, half, kind, per):
+    """The weight group of block c's half (0: inputs 0-31, 1: 32-63); ``per`` blocks per group."""
+    return 2 * c + half if kind == GROUPS_32 else c // per
+
+
+@njit(inline="always")
+def _chunk_dot(row, hi, lo, c):
+    """I32x8: weight chunk c (32 bytes) . activation block c (both digits), lanes 0-3 its first 32 inputs, 4-7 the rest.
+
+    row (K/8,) int32 weights; hi, lo (K,) int8 digits (kernel order). The low nibbles are the block's even
+    inputs, the high nibbles its odd ones. Each i16 lane sums 4 products of at most 15 x 127; each i32 lane
+    at most 8 x 15 x FIXED_MAX: exact.
     """
+    low, high = nibbles(load_bytes(row, 32 * c))
     on_hi = add_i16(madd_u8s8(low, load_bytes(hi, 64 * c)), madd_u8s8(high, load_bytes(hi, 64 * c + 32)))
     on_lo = add_i16(madd_u8s8(low, load_bytes(lo, 64 * c)), madd_u8s8(high, load_bytes(lo, 64 * c + 32)))
-    zero_term = mul_i32(load_i32x8(sums, 32 * c), minus_z)
-    return scale_add(acc, add_i32(add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo)), zero_term), f_lo, f_hi)
+    return add_i32(madd_pairs_x128(on_hi), madd_pairs(on_lo))
 
 
 @njit(inline="always")
-def _awq_rows_one(hi_digits, lo_digits, xs, sums, qweight, scales, zeros, lo, hi, per_group, out):
-    """_awq_rows_simd for one activation row and groups of 64 inputs or more, without its branches for
-    rows 2-4 (~1.4x faster on small rows). out (N,) f32; the rest as _awq_rows_simd."""
-    for n in range(lo, hi):
-        row = qweight[n]
-        acc = zeros_f32x8()
-        for g in range(scales.shape[1]):
-            s, z = scales[n, g], np.int32(-np.int64(zeros[n, g]))
-            minus_z = halves_i32(z, z)
-            for c in range(g * per_group, (g + 1) * per_group):
-                low, high = nibbles(load_bytes(row, 32 * c))
-                acc = _awq_block(acc, low, high, hi_digits, lo_digits, sums, c, s * xs[c], s * xs[c], minus_z)
-        out[n] = hsum(acc)
+def _step_any(s_row, z_row, xs, c, kind, per):
+    """(s * xs, -z) lanes of the step at block c built one by one: any group size."""
+    a0, a1, a2, a3 = _group(c, 0, kind, per), _group(c + 1, 0, kind, per), _group(c + 2, 0, kind, per), \
+        _group(c + 3, 0, kind, per)
+    b0, b1, b2, b3 = _group(c, 1, kind, per), _group(c + 1, 1, kind, per), _group(c + 2, 1, kind, per), \
+        _group(c + 3, 1, kind, per)
+    x0, x1, x2, x3 = xs[c], xs[c + 1], xs[c + 2], xs[c + 3]
+    f = f32x8(s_row[a0] * x0, s_row[a1] * x1, s_row[a2] * x2, s_row[a3] * x3,
+              s_row[b0] * x0, s_row[b1] * x1, s_row[b2] * x2, s_row[b3] * x3)
+    z = i32x8(_neg(z_row[a0]), _neg(z_row[a1]), _neg(z_row[a2]), _neg(z_row[a3]),
+              _neg(z_row[b0]), _neg(z_row[b1]), _neg(z_row[b2]), _neg(z_row[b3]))
+    return f, z
+
+
+@njit(inline="always")
+def _step_scales(s_row, z_row, xs, c, kind, per):
+    """(s * xs, -z) lanes of a whole step at block c, loaded as the group size lays them out."""
+    if kind == GROUPS_32:
+        s, z = _scales_32(s_row, 2 * c), _zeros_32(z_row, 2 * c)
+    elif kind == GROUPS_64:
+        s, z = _scales_64(s_row, c), _zeros_64(z_row, c)
+    elif kind == GROUPS_128:
+        s, z = _scales_128(s_row, c // 2), _zeros_128(z_row, c // 2)
+    else:  # GROUPS_WHOLE: the step lies in one group
+        s, z = _scales_whole(s_row, c // per), _zeros_whole(z_row, c // per)
+    return mul_f32(s, _blocks_4(xs, c)), z
+
+
+@njit(inline="always")
+def _step(acc, row, s_row, z_row, hi, lo, xs, sums, st, kind, per):
+    """acc + blocks 4 st .. 4 st + 3 scaled: their 8 half-block dot products in one I32x8 (``hadd_i32``), less
+    z times the halves' activation sums, converted once and multiplied by s * xs lane by lane. Each lane is
+    sum (q - z) v over 32 inputs, at most 32 x 15 x FIXED_MAX < 2^24: exact in i32 and in the conversion."""
+    c = STEP * st
+    d = hadd_i32(hadd_i32(_chunk_dot(row, hi, lo, c), _chunk_dot(row, hi, lo, c + 1)),
+                 hadd_i32(_chunk_dot(row, hi, lo, c + 2), _chunk_dot(row, hi, lo, c + 3)))
+    f, minus_z = _step_scales(s_row, z_row, xs, c, kind, per) if kind != GROUPS_OTHER else \
+        _step_any(s_row, z_row, xs, c, kind, per)
+    return scale_add_lanes(acc, add_i32(d, mul_i32(load_i32x8(sums, 32 * st), minus_z)), f)
+
+
+@njit(inline="always")
+def _block(acc, row, s_row, z_row, hi, lo, xs, sums, c, kind, per):
+    """acc + block c alone scaled (a block after the last whole step), its activation sums in 8 lanes of its own."""
+    a, b = _group(c, 0, kind, per), _group(c, 1, kind, per)
+    lane = _sum_lane(c, row.shape[0] // 8)
+    zero_term = mul_i32(load_i32x8(sums, 4 * lane), halves_i32(_neg(z_row[a]), _neg(z_row[b])))
+    return scale_add(acc, add_i32(_chunk_dot(row, hi, lo, c), zero_term), s_row[a] * xs[c], s_row[b] * xs[c])
+
+
+@njit(inline="always")
+def _row_dot(row, s_row, z_row, hi, lo, xs, sums, kind, per):
+    """One weight row . one activation row, STEP blocks at a time: the per-block scalar work (a scale, a zero
+    point, a conversion) is done for four blocks at once (docs/PERFORMANCE.md, item 20); the last K/64 % STEP
+    blocks one at a time.
+
+    row (K/8,) int32; s_row (G,) f32; z_row (G,) u8; hi, lo (K,) int8; xs (K/64,) f32; sums
+    (step_sums(K),) int32; kind, per: ``_groups_kind`` and blocks per group.
+    """
+    n_chunks = row.shape[0] // 8
+    full = n_chunks // STEP
+    acc = zeros_f32x8()
+    for st in range(full):
+        acc = _step(acc, row, s_row, z_row, hi, lo, xs, sums, st, kind, per)
+    for c in range(STEP * full, n_chunks):
+        acc = _block(acc, row, s_row, z_row, hi, lo, xs, sums, c, kind, per)
+    return hsum(acc)
+
+
+@njit(inline="always")
+def _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, kind, per):
+    """_awq_rows_simd's loops for one group layout ``kind`` (a constant where it is inlined: its branches fold)."""
+    for n0 in range(lo, hi, ROW_BLOCK):
+        for b in range(xq.shape[0]):
+            h, l, xs, sums = xq[b, 0], xq[b, 1], xscale[b], xsum[b]
+            for n in range(n0, min(hi, n0 + ROW_BLOCK)):
+                out[b, n] = _row_dot(qweight[n], scales[n], zeros[n], h, l, xs, sums, kind, per)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
 def _awq_rows_simd(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out):
-    """out[:, lo:hi] for the rows lo..hi-1: each 32-byte chunk unpacked once, used by up to 4 activation rows.
+    """out[:, lo:hi] for the rows lo..hi-1, each activation row against each weight row by ``_row_dot``.
 
-    Rows go in blocks of ROW_BLOCK (in L1/L2 when a block is revisited for the next 4 activation rows).
+    The weight rows go in blocks of ROW_BLOCK, revisited from cache for each activation row, so B rows
+    read them from memory once. A row's arithmetic is the same at any B: batch invariance. One copy of
+    the loops per group layout, so that no layout's branch is left in the innermost loop.
     """
-    n_rows_b = xq.shape[0]
-    n_chunks = qweight.shape[1] // 8  # chunks of 8 words = 32 bytes = 64 inputs
-    split = scales.shape[1] == 2 * n_chunks  # groups of 32: each chunk's halves have their own scale
-    per_step = 1 if split else n_chunks // scales.shape[1]  # chunks sharing one (pair of) scale(s)
-    if n_rows_b == 1 and not split:  # one sequence, groups of 64 or more: the lean loop
-        _awq_rows_one(xq[0, 0], xq[0, 1], xscale[0], xsum[0], qweight, scales, zeros, lo, hi, per_step, out[0])
-        return
-    for n0 in range(lo, hi, ROW_BLOCK):
-        for b0 in range(0, n_rows_b, 4):  # four activation rows per pass: four accumulators in registers
-            m = min(4, n_rows_b - b0)
-            r1, r2, r3 = b0 + min(1, m - 1), b0 + min(2, m - 1), b0 + min(3, m - 1)  # rows past B repeat the last
-            h0, h1, h2, h3 = xq[b0, 0], xq[r1, 0], xq[r2, 0], xq[r3, 0]
-            l0, l1, l2, l3 = xq[b0, 1], xq[r1, 1], xq[r2, 1], xq[r3, 1]
-            u0, u1, u2, u3 = xsum[b0], xsum[r1], xsum[r2], xsum[r3]
-            for n in range(n0, min(hi, n0 + ROW_BLOCK)):
-                row = qweight[n]
-                a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-                for step in range(n_chunks // per_step):
-                    g = 2 * step if split else step
-                    h = g + 1 if split else g  # the group of each chunk's second half
-                    s_lo, s_hi = scales[n, g], scales[n, h]
-                    minus_z = halves_i32(np.int32(-np.int64(zeros[n, g])), np.int32(-np.int64(zeros[n, h])))
-                    for c in range(step * per_step, (step + 1) * per_step):
-                        low, high = nibbles(load_bytes(row, 32 * c))
-                        a0 = _awq_block(a0, low, high, h0, l0, u0, c, s_lo * xscale[b0, c], s_hi * xscale[b0, c],
-                                        minus_z)
-                        if m > 1:
-                            a1 = _awq_block(a1, low, high, h1, l1, u1, c, s_lo * xscale[b0 + 1, c],
-                                            s_hi * xscale[b0 + 1, c], minus_z)
-                        if m > 2:
-                            a2 = _awq_block(a2, low, high, h2, l2, u2, c, s_lo * xscale[b0 + 2, c],
-                                            s_hi * xscale[b0 + 2, c], minus_z)
-                        if m > 3:
-                            a3 = _awq_block(a3, low, high, h3, l3, u3, c, s_lo * xscale[b0 + 3, c],
-                                            s_hi * xscale[b0 + 3, c], minus_z)
-                out[b0, n] = hsum(a0)
-                if m > 1:
-                    out[b0 + 1, n] = hsum(a1)
-                if m > 2:
-                    out[b0 + 2, n] = hsum(a2)
-                if m > 3:
-                    out[b0 + 3, n] = hsum(a3)
+    n_chunks = qweight.shape[1] // 8
+    kind = _groups_kind(n_chunks, scales.shape[1])
+    per = max(1, n_chunks // scales.shape[1])
+    if kind == GROUPS_32:
+        _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, GROUPS_32, per)
+    elif kind == GROUPS_64:
+        _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, GROUPS_64, per)
+    elif kind == GROUPS_128:
+        _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, GROUPS_128, per)
+    elif kind == GROUPS_WHOLE:
+        _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, GROUPS_WHOLE, per)
+    else:
+        _rows(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out, GROUPS_OTHER, per)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -203,7 +303,7 @@ def _awq_rows_plain(xq, xscale, xsum, qweight, scales, zeros, lo, hi, out):
                             dot += np.int32((word >> np.int32(8 * p + 4)) & np.int32(15)) * \
                                 (DIGIT * np.int32(x_hi[odd]) + np.int32(x_lo[odd]))
                     g = (2 * c + half) // halves_per_group
-                    dot -= np.int32(np.int32(zeros[n, g]) * xsum[b, 8 * c + 4 * half])
+                    dot -= np.int32(np.int32(zeros[n, g]) * xsum[b, _sum_lane(c, n_chunks) + STEP * half])
                     total += scales[n, g] * xscale[b, c] * np.float32(dot)
             out[b, n] = total
 
@@ -215,7 +315,7 @@ awq_rows_q = _awq_rows_simd if AVX2 else _awq_rows_plain
 def awq_matvec_q(xq, xscale, xsum, qweight, scales, zeros, out, n_tasks):
     """out = X @ W^T for B converted activation rows, the N outputs split into ``n_tasks`` parallel ranges.
 
-    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64) f32, xsum (B, K/8) int32 (``quantize_rows``);
+    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64) f32, xsum (B, step_sums(K)) int32 (``quantize_rows``);
     qweight (N, K/8) int32; scales (N, G) f32, zeros (N, G) u8, the group size K/G 32 or a multiple of 64;
     out (B, N) f32.
     """

@@ -16,6 +16,11 @@ equivalent), so these few operations are written as LLVM IR through
     mul_i32(a, b)                       lane-wise i32 product
     madd_pairs(v) -> I32x8              vpmaddwd with ones: adjacent i16 pairs summed to i32
     madd_pairs_x128(v) -> I32x8         the same times 128 (vpmaddwd with 128s)
+    hadd_i32(a, b) -> I32x8             vphaddd: adjacent pairs of a, then of b, within each 128-bit half
+    lanes_of(kind, count, pattern)      makes loaders (arr, index) -> 8 lanes picked by a constant
+                                        pattern from ``count`` f32 (or negated u8, as i32) of an array
+    f32x8(8 scalars) / i32x8(8 scalars) eight lanes from scalars
+    mul_f32(a, b), scale_add_lanes(acc, d, s)  lane-wise product; acc + float(d) * s
     abs_i8(v), sign_i8(v, s)            |v| and v * sign(s) (llama.cpp's s8 x s8 trick)
     scale_add(acc, d, s0, s1) -> F32x8  acc + float(d) * s, s = s0 in lanes 0-3, s1 in lanes 4-7
     zeros_f32x8(), hsum(v)               eight f32 zeros; the sum of an F32x8's lanes
@@ -162,6 +167,7 @@ def _lanewise(op: str, vec: Vec):
 add_i16 = _lanewise("add", I16x16)  # lane-wise i16 sum (callers keep it from overflowing)
 add_i32 = _lanewise("add", I32x8)  # lane-wise i32 sum
 mul_i32 = _lanewise("mul", I32x8)  # lane-wise i32 product (low 32 bits; callers keep it in range)
+mul_f32 = _lanewise("fmul", F32x8)  # lane-wise f32 product
 
 
 @intrinsic
@@ -173,6 +179,61 @@ def halves_i32(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return _halves(builder, args[0], args[1], I32x8.llvm())
     return I32x8(a, b), codegen
+
+
+@intrinsic
+def hadd_i32(typingctx, a, b):
+    """vphaddd: (a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7).
+
+    Applied twice to four chunks' dot products d0..d3 (lanes 0-3: a 64-input block's inputs 0-31,
+    lanes 4-7: inputs 32-63), ``hadd_i32(hadd_i32(d0, d1), hadd_i32(d2, d3))`` holds each block's
+    first-half sum in lanes 0-3 and its second-half sum in lanes 4-7, in block order.
+    """
+    def codegen(context, builder, sig, args):
+        return _x86(builder, "llvm.x86.avx2.phadd.d", I32x8, list(args), [I32x8, I32x8])
+    return I32x8(a, b), codegen
+
+
+def lanes_of(kind: str, count: int, pattern: tuple):
+    """An intrinsic (arr, index) -> 8 lanes: ``count`` elements of arr from element ``index``, lane i = element
+    pattern[i]; kind "f": f32 elements as F32x8, "z": u8 elements negated as I32x8 (zero points, -z)."""
+    elem, vec = (ir.FloatType(), F32x8) if kind == "f" else (ir.IntType(8), I32x8)
+    size = 4 if kind == "f" else 1
+    picks = ir.Constant(ir.VectorType(ir.IntType(32), 8), list(pattern))
+
+    @intrinsic
+    def lanes(typingctx, arr, index):
+        _check_contiguous(arr)
+
+        def codegen(context, builder, sig, args):
+            offset = builder.mul(args[1], ir.Constant(args[1].type, size))
+            p = _byte_pointer(context, builder, sig.args[0], args[0], offset)
+            few = builder.load(builder.bitcast(p, ir.VectorType(elem, count).as_pointer()), align=size)
+            if kind == "z":
+                wide = builder.zext(few, ir.VectorType(ir.IntType(32), count))
+                few = builder.sub(ir.Constant(wide.type, [0] * count), wide)
+            return builder.shuffle_vector(few, few, picks)
+        return vec(arr, index), codegen
+    return lanes
+
+
+def _from_scalars(vec: "Vec", scalar):
+    @intrinsic
+    def build(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+        if any(a != scalar for a in (a0, a1, a2, a3, a4, a5, a6, a7)):
+            raise TypingError(f"expected eight {scalar}")
+
+        def codegen(context, builder, sig, args):
+            v = ir.Constant(vec.llvm(), ir.Undefined)
+            for i, a in enumerate(args):
+                v = builder.insert_element(v, a, ir.Constant(ir.IntType(32), i))
+            return v
+        return vec(*([scalar] * 8)), codegen
+    return build
+
+
+f32x8 = _from_scalars(F32x8, types.float32)  # eight f32 scalars -> F32x8
+i32x8 = _from_scalars(I32x8, types.int32)  # eight int32 scalars -> I32x8
 
 
 @intrinsic
@@ -204,6 +265,14 @@ def scale_add(typingctx, acc, d, s_low, s_high):
         t = F32x8.llvm()
         return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), _halves(builder, args[2], args[3], t)))
     return F32x8(acc, d, types.float32, types.float32), codegen
+
+
+@intrinsic
+def scale_add_lanes(typingctx, acc, d, s):
+    """acc + float(d) * s, lane by lane: acc F32x8, d I32x8, s F32x8."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], F32x8.llvm()), args[2]))
+    return F32x8(acc, d, s), codegen
 
 
 @intrinsic
