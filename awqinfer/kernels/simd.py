@@ -31,7 +31,8 @@ equivalent), so these few operations are written as LLVM IR through
 
 Each is valid only where ``AVX2`` is True (x86-64 with AVX2, FMA and F16C: every x86 server
 since 2013); kernels/qdot.py picks a plain-loop twin otherwise. No bounds are checked: the
-caller guarantees that ``offset + 32`` bytes lie inside the array.
+caller guarantees that ``offset + 32`` bytes (for ``lanes_of``'s loaders, ``count`` elements
+from ``index``) lie inside the array.
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ def lanes_of(kind: str, count: int, pattern: tuple):
     @intrinsic
     def lanes(typingctx, arr, index):
         _check_contiguous(arr)
+        if arr.dtype != (types.float32 if kind == "f" else types.uint8):
+            raise TypingError(f"expected a {'float32' if kind == 'f' else 'uint8'} array, got {arr}")
 
         def codegen(context, builder, sig, args):
             offset = builder.mul(args[1], ir.Constant(args[1].type, size))
@@ -262,8 +265,7 @@ def scale_add(typingctx, acc, d, s_low, s_high):
     32-63: two scales serve weight groups of 32.
     """
     def codegen(context, builder, sig, args):
-        t = F32x8.llvm()
-        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], t), _halves(builder, args[2], args[3], t)))
+        return _scaled_sum(builder, args[0], args[1], _halves(builder, args[2], args[3], F32x8.llvm()))
     return F32x8(acc, d, types.float32, types.float32), codegen
 
 
@@ -271,8 +273,13 @@ def scale_add(typingctx, acc, d, s_low, s_high):
 def scale_add_lanes(typingctx, acc, d, s):
     """acc + float(d) * s, lane by lane: acc F32x8, d I32x8, s F32x8."""
     def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], builder.fmul(builder.sitofp(args[1], F32x8.llvm()), args[2]))
+        return _scaled_sum(builder, *args)
     return F32x8(acc, d, s), codegen
+
+
+def _scaled_sum(builder, acc, d, s):
+    """acc + float(d) * s in LLVM IR (F32x8, I32x8, F32x8)."""
+    return builder.fadd(acc, builder.fmul(builder.sitofp(d, F32x8.llvm()), s))
 
 
 @intrinsic
