@@ -12,7 +12,7 @@ import pytest
 
 from awqinfer.kernels import qdot, simd
 from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, STEP, awq_matvec_q, int8_matvec_q, quantize_rows, \
-    step_sums, to_kernel_order
+    to_kernel_order
 from oracle import kernel_layout_weight
 from test_kernels_fast import _kernel_layout
 
@@ -21,11 +21,11 @@ INT8_TWINS = [qdot._int8_rows_plain] + ([qdot._int8_rows_simd] if simd.AVX2 else
 
 
 def _quantize(x):
-    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64) f32, xsum (B, step_sums(K)) int32."""
+    """quantize_rows on fresh buffers: xq (B, 2, K) int8, xscale (B, K/64) f32, xsum (B, K/8) int32."""
     b, k = x.shape
     xq = np.full((b, 2, k), 99, np.int8)
     xscale = np.full((b, k // ACT_BLOCK), np.nan, np.float32)
-    xsum = np.full((b, step_sums(k)), 12345, np.int32)
+    xsum = np.full((b, k // 8), 12345, np.int32)
     quantize_rows(x, xq, xscale, xsum)
     return xq, xscale, xsum
 
@@ -60,12 +60,12 @@ def test_quantize_rows_matches_numpy():
     assert np.abs(v - blocks / safe[:, :, None]).max() <= 0.5 + 1e-2  # rounded to the nearest step
     halves = v.reshape(3, 5, 2, 32).sum(axis=3)  # natural order: inputs 0-31 and 32-63 of each block
     # per STEP blocks, 8 lanes: their first halves' sums, then their second halves'; block 4, after the last
-    # whole step, has 8 lanes of its own: (first, 0, 0, 0, second, 0, 0, 0)
-    assert xsum.shape == (3, 16) and STEP == 4
-    lanes = xsum.reshape(3, 2, 2, 4)  # (row, step or lone block, half, lane)
+    # whole step, has 8 lanes of its own: (first, 0, 0, 0, second, 0, 0, 0); zeros in the lanes after
+    assert xsum.shape == (3, 40) and STEP == 4
+    lanes = xsum[:, :16].reshape(3, 2, 2, 4)  # (row, step or lone block, half, lane)
     np.testing.assert_array_equal(lanes[:, 0].transpose(0, 2, 1), halves[:, :4])
     np.testing.assert_array_equal(lanes[:, 1, :, 0], halves[:, 4])
-    assert not lanes[:, 1, :, 1:].any()
+    assert not lanes[:, 1, :, 1:].any() and not xsum[:, 16:].any()
 
 
 @pytest.mark.parametrize("rows", AWQ_TWINS, ids=lambda f: f.__name__)

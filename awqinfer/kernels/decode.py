@@ -65,7 +65,7 @@ from .decode_attention import attend_rows
 from .dense import dense_gemv, widen
 from .lora import lora_add
 from .norm import rmsnorm
-from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows, step_sums
+from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
 from .rope import apply_rope
 
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights
@@ -132,7 +132,7 @@ class Scratch(NamedTuple):
     proj: np.ndarray  # (B, H) f32: o_proj or down_proj output
     xq: np.ndarray  # (B * 2 K_max,) int8, flat: a projection's input in fixed point, two digits in kernel order (qdot.py)
     xscale: np.ndarray  # (B * K_max / 64,) f32, flat: its per-block scales
-    xsum: np.ndarray  # (B * step_sums(K_max),) int32, flat: its sums per half block, as qdot.quantize_rows lays them
+    xsum: np.ndarray  # (B * K_max / 8,) int32, flat: its sums per half block, as qdot.quantize_rows lays them
     scores: np.ndarray  # (B, n_heads, S) f32: attention scores over each cache
     o_part: np.ndarray  # (B, n_heads, C, D) f32: each position chunk's partial output
     m_part: np.ndarray  # (B, n_heads, C) f32: its running max
@@ -198,12 +198,11 @@ def _project(x, proj, layer, scratch, out):
 
 @njit(inline="always")
 def quantized(x, scratch):
-    """x (B, K) f32 converted into the scratch (kernels/qdot.py): xq (B, 2, K) int8, xscale (B, K/64), xsum (B, step_sums(K))."""
+    """x (B, K) f32 converted into the scratch (kernels/qdot.py): xq (B, 2, K) int8, xscale (B, K/64), xsum (B, K/8)."""
     n_rows, k = x.shape
     xq = scratch.xq[: n_rows * 2 * k].reshape((n_rows, 2, k))
     xscale = scratch.xscale[: n_rows * (k // ACT_BLOCK)].reshape((n_rows, k // ACT_BLOCK))
-    width = step_sums(k)
-    xsum = scratch.xsum[: n_rows * width].reshape((n_rows, width))
+    xsum = scratch.xsum[: n_rows * (k // 8)].reshape((n_rows, k // 8))
     quantize_rows(x, xq, xscale, xsum)
     return xq, xscale, xsum
 

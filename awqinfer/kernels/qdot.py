@@ -71,14 +71,6 @@ def to_kernel_order(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([blocks[..., 0::2], blocks[..., 1::2]], axis=2).reshape(n, k))
 
 
-@njit(cache=True, nogil=True)
-def step_sums(k):
-    """The width of one activation row's ``xsum`` for K inputs: 8 int32 lanes per step of STEP blocks, and per
-    block after the last whole step."""
-    n_chunks = k // ACT_BLOCK
-    return 8 * (n_chunks // STEP + n_chunks % STEP)
-
-
 @njit(inline="always")
 def _sum_lane(c, n_chunks):
     """The lane of block c's first-half activation sum in a row's xsum; its second half's is STEP lanes on.
@@ -96,10 +88,10 @@ def quantize_rows(x, xq, xscale, xsum):
     """Activations -> fixed point in kernel order, as two int8 digits, one scale per ACT_BLOCK inputs.
 
     x (B, K) f32; xq (B, 2, K) int8: xq[b, 0] the hi digits, xq[b, 1] the lo digits; xscale
-    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xsum (B, step_sums(K))
-    int32: the sums of v over each block's halves (inputs 0-31 and 32-63 of it, in natural order),
-    laid out as a step's dot products are (``_row_dot``): per STEP blocks, 8 lanes holding their
-    first halves' sums, then their second halves' (``_sum_lane``); zero in the other lanes.
+    (B, K/64) f32 = absmax / FIXED_MAX of each block (0 for a zero block); xsum (B, K/8) int32: the
+    sums of v over each block's halves (inputs 0-31 and 32-63 of it, in natural order), laid out as a
+    step's dot products are (``_row_dot``): per STEP blocks, 8 lanes holding their first halves' sums,
+    then their second halves' (``_sum_lane``); zero in the other lanes (at most K/8 are used).
     |sum| <= 32 * FIXED_MAX.
     """
     half = ACT_BLOCK // 2
@@ -235,7 +227,7 @@ def _row_dot(row, s_row, z_row, hi, lo, xs, sums, kind, per):
     blocks one at a time.
 
     row (K/8,) int32; s_row (G,) f32; z_row (G,) u8; hi, lo (K,) int8; xs (K/64,) f32; sums
-    (step_sums(K),) int32; kind, per: ``_groups_kind`` and blocks per group.
+    (K/8,) int32; kind, per: ``_groups_kind`` and blocks per group.
     """
     n_chunks = row.shape[0] // 8
     full = n_chunks // STEP
@@ -315,7 +307,7 @@ awq_rows_q = _awq_rows_simd if AVX2 else _awq_rows_plain
 def awq_matvec_q(xq, xscale, xsum, qweight, scales, zeros, out, n_tasks):
     """out = X @ W^T for B converted activation rows, the N outputs split into ``n_tasks`` parallel ranges.
 
-    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64) f32, xsum (B, step_sums(K)) int32 (``quantize_rows``);
+    xq (B, 2, K) int8 digits in kernel order; xscale (B, K/64) f32, xsum (B, K/8) int32 (``quantize_rows``);
     qweight (N, K/8) int32; scales (N, G) f32, zeros (N, G) u8, the group size K/G 32 or a multiple of 64;
     out (B, N) f32.
     """

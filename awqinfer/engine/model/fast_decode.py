@@ -19,7 +19,7 @@ from numba.typed import List
 from ...kernels.decode import RESCORE, AwqStack, DenseHead, DenseStack, Int8Head, Layers, Scratch, decode_batch
 from ...kernels.decode_attention import n_chunks
 from ...kernels.lora import LoraLayers
-from ...kernels.qdot import ACT_BLOCK, step_sums, to_kernel_order
+from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
 from .linear import AwqLinear, DenseLinear, HalfLinear, Linear, quantize_int8
@@ -77,7 +77,7 @@ class DecodeState:
         return Scratch(h=f32(rows, H), qkv=f32(rows, c.q_size + 2 * c.kv_size), attn=f32(rows, c.q_size),
                        mlp=f32(rows, 2 * I), act=f32(rows, I), proj=f32(rows, H),
                        xq=np.zeros(rows * 2 * k_max, np.int8), xscale=f32(rows * k_max // ACT_BLOCK),
-                       xsum=np.zeros(rows * step_sums(k_max), np.int32),
+                       xsum=np.zeros(rows * k_max // 8, np.int32),
                        scores=f32(rows, heads, positions), o_part=f32(rows, heads, chunks, c.head_dim),
                        m_part=f32(rows, heads, chunks), l_part=f32(rows, heads, chunks))
 
