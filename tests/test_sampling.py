@@ -209,13 +209,18 @@ def test_sampling_params_validate_themselves():
 
 
 def test_greedy_next_token_is_the_argmax_of_the_penalised_logits_without_a_draw():
-    """temperature 0 shortcuts the draw: same token as the one-hot distribution, no random number used."""
+    """temperature 0 shortcuts the draw: same token as the one-hot distribution, no random number used.
+
+    Without penalties the argmax is taken on the logits as given (a model's float32 row, ties
+    included): the same token as on their float64 widening."""
     history = History(LOGITS.size, [5])
     history.add(5)
-    for inputs in ({}, {"repetition_penalty": 1.9}, {"frequency_penalty": 2.0, "presence_penalty": 1.0}):
+    for inputs in ({}, {"repetition_penalty": 1.9}, {"frequency_penalty": 2.0, "presence_penalty": 1.0},
+                   {"repetition_penalty": 0.0}):
         params = SamplingParams(temperature=0, **inputs)
-        rng = np.random.default_rng(7)
-        state = rng.bit_generator.state
-        token = next_token(LOGITS, history, params, rng)
-        assert token == int(np.argmax(probabilities(LOGITS, history, params)))
-        assert rng.bit_generator.state == state
+        for logits in (LOGITS, LOGITS.astype(np.float32), -LOGITS.astype(np.float32)):
+            rng = np.random.default_rng(7)
+            state = rng.bit_generator.state
+            token = next_token(logits, history, params, rng)
+            assert token == int(np.argmax(probabilities(logits, history, params)))
+            assert rng.bit_generator.state == state

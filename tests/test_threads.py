@@ -92,3 +92,30 @@ def test_default_model_threads_are_chosen_but_an_explicit_count_is_kept(tiny_lla
     for t in range(8):
         auto.forward([t], cache)
     assert auto.thread_chooser.best in auto.thread_chooser.candidates
+
+
+def test_use_threads_sets_each_threads_count_and_skips_an_unchanged_one(monkeypatch):
+    from awqinfer.engine.model import threads
+
+    pool = numba.config.NUMBA_NUM_THREADS
+    if pool < 2:
+        pytest.skip("a pool of one thread has no other count to set")
+    threads.use_threads(pool)
+    calls = []
+    real = numba.set_num_threads
+    monkeypatch.setattr(threads.numba, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    threads.use_threads(pool)
+    assert calls == []  # unchanged: no call into Numba (and no GIL released)
+    threads.use_threads(1)
+    assert calls == [1] and numba.get_num_threads() == 1
+    seen = []
+
+    def other():
+        threads.use_threads(1)  # another thread: its own count, set there
+        seen.append(numba.get_num_threads())
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    assert seen == [1] and calls == [1, 1]
+    threads.use_threads(pool)
+    assert numba.get_num_threads() == pool

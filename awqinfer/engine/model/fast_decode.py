@@ -23,7 +23,7 @@ from ...kernels.qdot import ACT_BLOCK, to_kernel_order
 from ..checkpoint.config import ModelConfig
 from .cache import KVCache
 from .linear import AwqLinear, DenseLinear, HalfLinear, Linear, quantize_int8
-from .rope import cos_sin
+from .rope import cos_sin_at
 from .weights import ModelWeights
 
 HEAD_SLAB = 1024  # lm_head rows quantized at a time when the int8 screen is built (16 MB of f32 at 4096 wide)
@@ -123,9 +123,7 @@ def decode_tokens(state: DecodeState, tokens: np.ndarray, caches: list[KVCache],
             ((adapters < -1) | (adapters >= n_adapters)).any():
         raise ValueError(f"adapter rows {adapters!r} do not index {n_adapters} adapters, one per row")
     positions = np.array([cache.pos for cache in caches], np.int64)
-    angles = [cos_sin(c.rope, c.head_dim, c.max_position_embeddings, int(p), 1) for p in positions]
-    cos = np.concatenate([a[0] for a in angles])  # (B, D/2)
-    sin = np.concatenate([a[1] for a in angles])
+    cos, sin = cos_sin_at(c.rope, c.head_dim, c.max_position_embeddings, positions)  # (B, D/2)
     x = state.embed(np.asarray(tokens))  # (B, H), the residual streams
     scratch = state.scratch_for(len(caches), int(positions.max()) + 1)
     k_list, v_list = state.cache_lists(caches)

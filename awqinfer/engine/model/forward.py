@@ -29,7 +29,7 @@ from .backend import CPU, Backend
 from .cache import KV_DTYPES, KVCache, bytes_per_position, check_kv_dtype
 from .device import get_backend
 from .fast_decode import DecodeState, decode_tokens
-from .rope import cos_sin
+from .rope import cos_sin, cos_sin_at
 from .threads import ThreadChooser, resolve_threads, use_threads
 from .weights import LayerWeights, ModelWeights, load_weights
 
@@ -144,8 +144,7 @@ class Model:
             with self._decode_lock:  # its scratch buffers serve one call at a time
                 return self._decode_timed(tokens, caches, rows)
         use_threads(self.thread_chooser.best if self.thread_chooser else self.threads)
-        angles = [cos_sin(*self._rope, cache.pos, 1) for cache in caches]
-        cos, sin = np.concatenate([a[0] for a in angles]), np.concatenate([a[1] for a in angles])  # (B, D/2)
+        cos, sin = cos_sin_at(*self._rope, [cache.pos for cache in caches])  # (B, D/2)
         x = self._layers(tokens, [(cache, cache.pos, slice(b, b + 1)) for b, cache in enumerate(caches)], (cos, sin),
                          rows)
         for cache in caches:
@@ -226,18 +225,25 @@ class Model:
         if len({id(cache) for cache in caches}) != len(caches):
             raise InputError("each sequence of a batch needs its own KVCache (a cache appears twice)")
         for cache in caches:
-            self._check(ids[:1], cache)
-        return self._check_ids(ids)
+            self._check_cache(cache)
+        arr = self._check_ids(ids)
+        for cache in caches:
+            self._check_room(cache, 1)
+        return arr
 
     def _check(self, ids, cache: KVCache) -> np.ndarray:
         """Validate ids and cache before any kernel runs (Numba does not check bounds)."""
         self._check_cache(cache)
         arr = self._check_ids(ids)
-        if len(arr) > cache.free:
-            raise InputError(
-                f"{len(arr)} tokens do not fit in the KV cache: {cache.pos} of {cache.capacity} positions are used"
-            )
+        self._check_room(cache, len(arr))
         return arr
+
+    @staticmethod
+    def _check_room(cache: KVCache, n: int) -> None:
+        if n > cache.free:
+            raise InputError(
+                f"{n} tokens do not fit in the KV cache: {cache.pos} of {cache.capacity} positions are used"
+            )
 
     def _check_ids(self, ids) -> np.ndarray:
         """ids as int64 (T,), each in the vocabulary; else an InputError naming the problem."""

@@ -18,6 +18,7 @@ An explicit ``threads=N`` is always obeyed.
 from __future__ import annotations
 
 import os
+import threading
 from statistics import median
 
 import numba
@@ -50,9 +51,20 @@ def resolve_threads(threads: int | None) -> int:
 
 
 def use_threads(threads: int) -> None:
-    """Make the calling thread's parallel kernels use ``threads`` threads (cheap when unchanged)."""
-    if numba.get_num_threads() != threads:
+    """Make the calling thread's parallel kernels use ``threads`` threads (free when unchanged).
+
+    It remembers the count it last set from this thread rather than ask Numba:
+    ``numba.get_num_threads`` is a ctypes call, which releases the GIL at every decode step
+    and lets another thread (a stream's consumer) hold the engine up there. A count set
+    around it with ``numba.set_num_threads`` in the same thread goes unseen (speed changes,
+    never the output).
+    """
+    if getattr(_last_set, "threads", None) != threads:
         numba.set_num_threads(threads)
+        _last_set.threads = threads
+
+
+_last_set = threading.local()  # .threads: what use_threads last set from this thread
 
 
 class ThreadChooser:

@@ -135,6 +135,11 @@ def unobserved(step: str, value: np.ndarray) -> None:
     """The observer when nobody watches the sampler's steps."""
 
 
+def penalties_off(params: SamplingParams) -> bool:
+    """Whether no penalty changes the logits (each step below would return them as they are)."""
+    return params.repetition_penalty in (0.0, 1.0) and params.frequency_penalty == 0 and params.presence_penalty == 0
+
+
 def penalised(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
     """The logits (float64) after the repetition, frequency and presence penalties."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
@@ -188,7 +193,9 @@ def next_token(logits, history: History, params: SamplingParams, rng: np.random.
     ``observe``: see ``probabilities`` (a watched greedy step builds the one-hot to show it).
     """
     if params.temperature == 0:
-        scores = penalised(logits, history, params) if observe is unobserved else \
-            probabilities(logits, history, params, observe)
-        return int(np.argmax(scores))
+        if observe is not unobserved:
+            return int(np.argmax(probabilities(logits, history, params, observe)))
+        if penalties_off(params):  # the argmax as given: widening to float64 keeps the order and the ties
+            return int(np.argmax(logits))
+        return int(np.argmax(penalised(logits, history, params)))
     return draw(probabilities(logits, history, params, observe), rng)
