@@ -59,26 +59,40 @@ def test_cli_threads_flag(tiny_qwen2):
 
 
 def test_thread_chooser_keeps_the_fastest_count_and_follows_the_load():
-    """Timed rounds pick the faster candidate; a later round revises the choice when the timings change."""
+    """Timed rounds pick the faster candidate; rounds grow sparse while they agree; a change of load
+    (steps suddenly twice as slow) starts a round at once, and a later round revises the choice."""
     from awqinfer.engine.model.threads import ThreadChooser
 
     chooser = ThreadChooser(2)
     assert chooser.candidates == [2, 1] and chooser.best == 2
     step_time = {2: 0.004, 1: 0.007}  # a quiet machine: 2 threads faster
 
-    def run(steps):
+    def run(steps, batch=1):
         used = []
         for _ in range(steps):
-            n = chooser.next()
+            n = chooser.next(batch)
             used.append(n)
-            chooser.record(n, step_time[n])
+            chooser.record(n, step_time[n] * batch)
         return used
 
     first = run(ThreadChooser.EXPLORE_EVERY)
     assert sorted(first[:6]) == [1, 1, 1, 2, 2, 2] and set(first[6:]) == {2}
+    assert chooser.every == 2 * ThreadChooser.EXPLORE_EVERY  # re-elected by a clear margin
+    quiet = run(2000)
+    assert quiet.count(1) <= 3 * 5 and chooser.every == ThreadChooser.EXPLORE_MOST  # rounds at +128, +256, +512...
+
     step_time = {2: 0.020, 1: 0.009}  # another process took a core: 1 thread faster
-    second = run(ThreadChooser.EXPLORE_EVERY)
-    assert set(second[6:]) == {1} and chooser.best == 1
+    busy = run(12)
+    assert busy[:3] == [2, 2, 2] and sorted(busy[3:9]) == [1, 1, 1, 2, 2, 2] and set(busy[9:]) == {1}
+    assert chooser.best == 1 and chooser.every == ThreadChooser.EXPLORE_EVERY  # a new winner: rounds close again
+
+    step_time = {2: 0.004, 1: 0.007}  # the other process ended: 1-thread steps got faster, no surprise
+    calm = run(ThreadChooser.EXPLORE_EVERY + 6)
+    assert chooser.best == 2 and calm[-1] == 2
+
+    run(2000)  # rounds sparse again, measured on single sequences
+    batched = run(ThreadChooser.EXPLORE_EVERY + 6, batch=8)
+    assert batched.count(1) == 3  # another batch size: its own round within EXPLORE_EVERY steps
     assert ThreadChooser(1).candidates == [1] and ThreadChooser(8).candidates == [8, 4, 1]
 
 

@@ -70,14 +70,24 @@ _last_set = threading.local()  # .threads: what use_threads last set from this t
 class ThreadChooser:
     """The thread count for the next decode step, chosen by timing steps: the fastest candidate wins.
 
-    Candidates are ``most`` threads and 1 (and ``most // 2`` on larger machines). Every
-    EXPLORE_EVERY steps a round times TRIALS steps of each candidate, interleaved so that the
-    load and the context length change alike for all; until the next round the candidate with
-    the lowest median step time is used. Costs a few percent when the choice is clear, and
-    follows the machine when another process starts or stops competing for the cores.
+    Candidates are ``most`` threads and 1 (and ``most // 2`` on larger machines). A round times
+    TRIALS steps of each candidate, interleaved so that the load and the context length change
+    alike for all; until the next round the candidate with the lowest median step time is used.
+
+    A round's slower candidates cost time (on this 2-core machine, three 1-thread steps in every
+    70 were ~2% of a stream), so rounds grow sparse while they keep agreeing: after a round that
+    re-elects the winner by a clear margin (every other candidate CLEAR times slower) the gap to
+    the next doubles, up to EXPLORE_MOST steps; any other outcome brings it back to EXPLORE_EVERY.
+    A change of load is still caught at once: TRIALS steps in a row SURPRISE times slower than
+    the winner's median start a round (a busy process makes 2-thread steps stall, item 16 of
+    docs/PERFORMANCE.md), and steps of another batch size than the last round's wait at most
+    EXPLORE_EVERY steps for a round of their own.
     """
 
-    EXPLORE_EVERY = 64  # decode steps between two measuring rounds
+    EXPLORE_EVERY = 64  # decode steps between two rounds while the choice is close or changing
+    EXPLORE_MOST = 512  # ... at most, while rounds agree by a clear margin
+    CLEAR = 1.25  # a winner's margin that counts as clear: the others' medians at least this many times its own
+    SURPRISE = 2.0  # winner's steps this many times its median, TRIALS in a row: the load changed
     TRIALS = 3  # timed steps per candidate in a round
 
     def __init__(self, most: int):
@@ -85,8 +95,12 @@ class ThreadChooser:
         self.best = most  # until measured: every core
         self._plan: list[int] = []  # the round's remaining steps
         self._times: dict[int, list[float]] = {}
+        self.every = self.EXPLORE_EVERY  # steps from one round to the next, for steps of the round's batch size
         self._since_round = self.EXPLORE_EVERY  # the first steps start a round
-        self._batch = 1  # the batch size of the round's steps
+        self._batch = 1  # the batch size of the last round's steps
+        self._step_batch = 1  # the batch size of the step being run
+        self._median = 0.0  # the winner's median step time in the last round
+        self._slow = 0  # the winner's steps in a row slower than SURPRISE times that
 
     def next(self, batch: int = 1) -> int:
         """Threads for the next decode step of ``batch`` sequences (pass its time to ``record``).
@@ -94,10 +108,12 @@ class ThreadChooser:
         Steps of different batch sizes take different times, so a round whose batch size changes
         starts again: its candidates are compared on equal work.
         """
+        self._step_batch = batch
         if self._plan and batch != self._batch:
             self._plan = []
             self._since_round = self.EXPLORE_EVERY
-        if not self._plan and self._since_round >= self.EXPLORE_EVERY and len(self.candidates) > 1:
+        every = self.every if batch == self._batch else self.EXPLORE_EVERY
+        if not self._plan and self._since_round >= every and len(self.candidates) > 1:
             self._plan = self.candidates * self.TRIALS
             self._times = {n: [] for n in self.candidates}
             self._since_round = 0
@@ -107,9 +123,20 @@ class ThreadChooser:
     def record(self, threads: int, seconds: float) -> None:
         """The step run with ``threads`` (as ``next`` said) took ``seconds``."""
         self._since_round += 1
-        if not self._plan or self._plan[0] != threads:
-            return
-        self._plan.pop(0)
-        self._times[threads].append(seconds)
-        if not self._plan:
-            self.best = min(self.candidates, key=lambda n: median(self._times[n]))
+        if self._plan and self._plan[0] == threads:
+            self._plan.pop(0)
+            self._times[threads].append(seconds)
+            if not self._plan:
+                self._elect()
+        elif threads == self.best and self._step_batch == self._batch and self._median > 0:
+            self._slow = self._slow + 1 if seconds > self.SURPRISE * self._median else 0
+            if self._slow >= self.TRIALS:  # the load changed: measure again now
+                self.every, self._since_round, self._slow = self.EXPLORE_EVERY, self.EXPLORE_EVERY, 0
+
+    def _elect(self) -> None:
+        """End a round: its fastest candidate wins, and the gap to the next round follows its margin."""
+        medians = {n: median(self._times[n]) for n in self.candidates}
+        winner = min(self.candidates, key=medians.__getitem__)
+        clear = all(medians[n] >= self.CLEAR * medians[winner] for n in self.candidates if n != winner)
+        self.every = min(2 * self.every, self.EXPLORE_MOST) if clear and winner == self.best else self.EXPLORE_EVERY
+        self.best, self._median, self._slow = winner, medians[winner], 0
