@@ -31,7 +31,7 @@ blocks: the zero points' term (the activations' half-block sums laid out the sam
 ``quantize_rows``), the conversion to float, and the multiply-add by s * xs, whose scales and zero
 points load as vectors in the layout of each group size (``_step_scales``). Done per block, that
 scalar work was as large as the byte products: steps are 1.15-1.5x faster (docs/PERFORMANCE.md,
-item 20). The blocks after the last whole step (K/64 not a multiple of 4) go one at a time.
+item 20). The blocks after the last whole step (K/64 not a multiple of 4) go one at a time, first.
 
 Input order. With the kernel layout's nibble order (kernels/awq.py), the low nibbles of 32
 consecutive bytes of a row are the even inputs of a 64-input block and the high nibbles the odd
@@ -224,7 +224,8 @@ def _block(acc, row, s_row, z_row, hi, lo, xs, sums, c, kind, per):
 def _row_dot(row, s_row, z_row, hi, lo, xs, sums, kind, per):
     """One weight row . one activation row, STEP blocks at a time: the per-block scalar work (a scale, a zero
     point, a conversion) is done for four blocks at once (docs/PERFORMANCE.md, item 20); the last K/64 % STEP
-    blocks one at a time.
+    blocks one at a time, and first: added last, at the end of the row's chain of additions, they made
+    576-wide rows 1.1x slower (item 21).
 
     row (K/8,) int32; s_row (G,) f32; z_row (G,) u8; hi, lo (K,) int8; xs (K/64,) f32; sums
     (K/8,) int32; kind, per: ``_groups_kind`` and blocks per group.
@@ -232,10 +233,10 @@ def _row_dot(row, s_row, z_row, hi, lo, xs, sums, kind, per):
     n_chunks = row.shape[0] // 8
     full = n_chunks // STEP
     acc = zeros_f32x8()
-    for st in range(full):
-        acc = _step(acc, row, s_row, z_row, hi, lo, xs, sums, st, kind, per)
     for c in range(STEP * full, n_chunks):
         acc = _block(acc, row, s_row, z_row, hi, lo, xs, sums, c, kind, per)
+    for st in range(full):
+        acc = _step(acc, row, s_row, z_row, hi, lo, xs, sums, st, kind, per)
     return hsum(acc)
 
 
