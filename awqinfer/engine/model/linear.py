@@ -143,6 +143,11 @@ class Embedding:
     table: np.ndarray  # (V, H) f32, f16, or bf16 as uint16
     bf16: bool = False
 
+    def __post_init__(self):
+        # A plain ndarray view of the same pages: np.memmap's indexing runs Python code (its
+        # __getitem__ and __array_finalize__), ~50 us of a decode step's lookup.
+        self.table = self.table.view(np.ndarray)
+
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         return widen(self.table[ids], self.bf16)
 
