@@ -68,13 +68,16 @@ class History:
         self.counts[token] += 1
 
 
+NO_REPETITION_PENALTY = (0.0, 1.0)  # repetition_penalty values that leave the logits as they are
+
+
 def repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
     """CTRL's rule (transformers' RepetitionPenaltyLogitsProcessor) on the tokens marked in ``seen``.
 
     A seen token's positive logit is divided by ``penalty``, a negative one multiplied,
     so penalty > 1 makes repeats less likely whatever the sign. 0 and 1 leave logits as they are.
     """
-    if penalty in (0.0, 1.0):
+    if penalty in NO_REPETITION_PENALTY:
         return logits
     out = logits.copy()
     s = out[seen]
@@ -137,7 +140,8 @@ def unobserved(step: str, value: np.ndarray) -> None:
 
 def penalties_off(params: SamplingParams) -> bool:
     """Whether no penalty changes the logits (each step below would return them as they are)."""
-    return params.repetition_penalty in (0.0, 1.0) and params.frequency_penalty == 0 and params.presence_penalty == 0
+    return params.repetition_penalty in NO_REPETITION_PENALTY and params.frequency_penalty == 0 and \
+        params.presence_penalty == 0
 
 
 def penalised(logits, history: History, params: SamplingParams, observe=unobserved) -> np.ndarray:
