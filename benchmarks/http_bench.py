@@ -20,8 +20,8 @@ the time from the first client's first token to the last client's last) and the 
 first token (prefill and queueing included).
 
 The results go to the terminal, to http_results.json, and into benchmarks/RESULTS.md between
-the markers of its "awqinfer serve" section (a fresh ``python -m benchmarks`` run rewrites
-RESULTS.md: run this again after it).
+the markers of its "awqinfer serve" section (benchmarks/sections.py: the other scripts' sections
+and the hand-written notes stay as they are).
 """
 
 from __future__ import annotations
