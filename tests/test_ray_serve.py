@@ -92,6 +92,24 @@ def test_replica_sizing_and_autoscaling_options():
     assert auto == {"min_replicas": 0, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 6}
 
 
+def test_the_proxys_port_is_picked_below_the_ephemeral_range(monkeypatch):
+    """Ray's processes take ephemeral ports while it starts; a port picked there once lost the race to them."""
+    from awqinfer.cli import serve_ray
+    band = range(serve_ray.RAY_WORKER_PORTS_END, serve_ray.ephemeral_ports().start)
+    for _ in range(5):
+        port = serve_ray.proxy_port("127.0.0.1")
+        assert port in band
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free indeed
+    with socket.socket() as taken:  # a band with no free port: any free port will do
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setattr(serve_ray, "RAY_WORKER_PORTS_END", busy)
+        monkeypatch.setattr(serve_ray, "ephemeral_ports", lambda: range(busy + 1, 65536))
+        assert serve_ray.proxy_port("127.0.0.1") not in (busy, 0)
+
+
 # --- one real deployment: two replicas behind Ray's proxy ---------------------------------------
 
 

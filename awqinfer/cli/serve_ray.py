@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import random
 import sys
+from pathlib import Path
 
 from awqinfer.engine.model.threads import available_cores
 
@@ -97,7 +99,7 @@ def main(args, key: str | None) -> int:
     if key is None and not _loopback(args.host):
         print(f"awqinfer: warning: Ray's proxy listens on {args.host} without --api-key: anyone who can reach "
               "it can use the models", file=sys.stderr)
-    port = args.port or _free_port(args.host)
+    port = args.port or proxy_port(args.host)
     try:
         ray_app.serve_until_signal(spec, scaling, args.host, port, args.address)
     except (ConnectionError, RuntimeError) as e:  # no cluster at --address; replicas that failed to start
@@ -112,8 +114,35 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _free_port(host: str) -> int:
-    """A port nothing listens on now (Ray's proxy binds it itself, so it cannot take a socket)."""
+# Ray's worker processes take ports 10002-19999 (ray start's --min/--max-worker-port defaults).
+RAY_WORKER_PORTS_END = 20000
+
+
+def proxy_port(host: str) -> int:
+    """A port nothing listens on now, between Ray's worker ports and the kernel's ephemeral range.
+
+    Ray's proxy binds the port itself, after ray.init has started Ray's processes. Those draw ports
+    from the ephemeral range (their own port-0 binds, and the local end of every connection they
+    open), so a port picked there could be taken before the proxy bound it: CI once failed with
+    'Address already in use' that way. Below the ephemeral range only a listener binds a port by
+    its number. Falls back to any free port where that band is empty.
+    """
     from awqinfer.server.run import listen
+    band = range(RAY_WORKER_PORTS_END, ephemeral_ports().start)
+    for port in random.sample(band, min(len(band), 64)):
+        try:
+            with listen(host, port):
+                return port
+        except OSError:
+            continue
     with listen(host, 0) as sock:
         return sock.getsockname()[1]
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands out for bind(0) and outgoing connections (Linux's default elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
