@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .exp import exp_f32
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def silu_mul(gate_up, out):
@@ -13,7 +15,7 @@ def silu_mul(gate_up, out):
     for t in range(n_tokens):
         for i in range(width):
             g = gate_up[t, i]
-            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, width + i]
+            out[t, i] = g / (np.float32(1.0) + exp_f32(-g)) * gate_up[t, width + i]
 
 
 @njit(cache=True, fastmath=True, nogil=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .exp import exp_f32
 from .fastmath import FASTMATH
 from .kv import kv_read, kv_write
 
@@ -59,7 +60,7 @@ def attention(qkv, k_cache, v_cache, start, n_heads, out):
             best = max(best, scores[s])
         total = np.float32(0.0)
         for s in range(n_pos):
-            scores[s] = np.exp(scores[s] - best)
+            scores[s] = exp_f32(scores[s] - best)
             total += scores[s]
         o[:] = 0.0
         for s in range(n_pos):
