@@ -31,6 +31,26 @@ def store_kv(qkv, k_cache, v_cache, start, n_heads):
                 v_cache[h, start + t, i] = kv_write(v_cache, qkv[t, v0 + h * dim + i])
 
 
+@njit(inline="always")
+def add_weighted(o, p, vals):
+    """o += sum_s p[s] vals[s]: o (D,) f32, p (n,) f32, vals (n, D) cache rows; four rows a pass.
+
+    Both attentions' value sums. Row by row, each position loaded and stored all of o again, and the
+    chain through o's memory set the pace; four rows a pass are 1.8x faster (docs/PERFORMANCE.md, item 23).
+    """
+    n = vals.shape[0]
+    full = n - n % 4
+    for s in range(0, full, 4):
+        p0, p1, p2, p3 = p[s], p[s + 1], p[s + 2], p[s + 3]
+        v0, v1, v2, v3 = vals[s], vals[s + 1], vals[s + 2], vals[s + 3]
+        for i in range(o.shape[0]):
+            o[i] += (p0 * kv_read(v0[i]) + p1 * kv_read(v1[i])) + (p2 * kv_read(v2[i]) + p3 * kv_read(v3[i]))
+    for s in range(full, n):
+        p0, v0 = p[s], vals[s]
+        for i in range(o.shape[0]):
+            o[i] += p0 * kv_read(v0[i])
+
+
 @njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
 def attention(qkv, k_cache, v_cache, start, n_heads, out):
     """softmax(q k^T / sqrt(D)) v for new tokens at positions start..start+T-1.
@@ -63,7 +83,7 @@ def attention(qkv, k_cache, v_cache, start, n_heads, out):
             scores[s] = exp_f32(scores[s] - best)
             total += scores[s]
         o[:] = 0.0
-        for s in range(n_pos):
-            p = scores[s] / total
-            for i in range(dim):
-                o[i] += p * kv_read(v_cache[kv, s, i])
+        add_weighted(o, scores, v_cache[kv, :n_pos])
+        inv = np.float32(1.0) / total
+        for i in range(dim):
+            o[i] *= inv

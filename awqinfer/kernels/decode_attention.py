@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .exp import exp_f32
 from .fastmath import FASTMATH
+from .attention import add_weighted
 from .kv import kv_read
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
@@ -26,26 +27,6 @@ ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one 
 def n_chunks(n_pos):
     """Position chunks of a sequence attending to n_pos positions."""
     return (n_pos + ATTN_CHUNK - 1) // ATTN_CHUNK
-
-
-@njit(inline="always")
-def _add_weighted(o, p, vals):
-    """o += sum_s p[s] vals[s]: o (D,) f32, p (n,) f32, vals (n, D) cache rows; four rows a pass.
-
-    Row by row, each position loaded and stored all of o again, and the chain through o's memory
-    set the pace; four rows a pass make it 1.8x faster (docs/PERFORMANCE.md, item 23).
-    """
-    n = vals.shape[0]
-    full = n - n % 4
-    for s in range(0, full, 4):
-        p0, p1, p2, p3 = p[s], p[s + 1], p[s + 2], p[s + 3]
-        v0, v1, v2, v3 = vals[s], vals[s + 1], vals[s + 2], vals[s + 3]
-        for i in range(o.shape[0]):
-            o[i] += (p0 * kv_read(v0[i]) + p1 * kv_read(v1[i])) + (p2 * kv_read(v2[i]) + p3 * kv_read(v3[i]))
-    for s in range(full, n):
-        p0, v0 = p[s], vals[s]
-        for i in range(o.shape[0]):
-            o[i] += p0 * kv_read(v0[i])
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
@@ -97,7 +78,7 @@ def attend_rows(qkv, k_caches, v_caches, layer, positions, scores, o_part, m_par
                 total += e
             o = o_part[b, h, c]
             o[:] = 0.0
-            _add_weighted(o, sc, vals)
+            add_weighted(o, sc, vals)
             m_part[b, h, c] = best
             l_part[b, h, c] = total
     for bh in prange(n_rows * n_heads):
