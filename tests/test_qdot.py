@@ -181,3 +181,58 @@ def test_half_to_f32_is_exact_on_every_half():
         widen_all(bits, out)
         np.testing.assert_array_equal(out.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
         assert np.isnan(out[np.isnan(want)]).all()
+
+
+
+def _lanes(dot):
+    """A compiled f(a, b, c, d) -> (n, 8) f32: ``dot(a, b, c, d, i)``'s I32x8 for i = 0..n-1, lane
+    by lane, n = a.nbytes // 32 (every lane here is below 2^24 in magnitude: exact as f32)."""
+    from numba import njit
+
+    from awqinfer.kernels.simd import f32x8, hsum, scale_add_lanes, zeros_f32x8
+
+    @njit
+    def lanes(a, b, c, d):
+        out = np.zeros((a.nbytes // 32, 8), np.float32)
+        for i in range(out.shape[0]):
+            v = dot(a, b, c, d, i)
+            for j in range(8):
+                pick = f32x8(np.float32(j == 0), np.float32(j == 1), np.float32(j == 2), np.float32(j == 3),
+                             np.float32(j == 4), np.float32(j == 5), np.float32(j == 6), np.float32(j == 7))
+                out[i, j] = hsum(scale_add_lanes(zeros_f32x8(), v, pick))
+        return out
+    return lanes
+
+
+@pytest.mark.skipif(not simd.VNNI, reason="this CPU has no AVX-VNNI or AVX512-VNNI: the AVX2 path runs (tested above)")
+def test_vnni_dots_equal_the_avx2_ones_lane_by_lane():
+    """The VNNI byte products (``vpdpbusd``) give the very I32x8 the AVX2 ones do, at the digits' and weights'
+    extremes too: so every kernel's output is the same bit for bit on either path."""
+    from numba import njit
+
+    rng = np.random.default_rng(11)
+    k = 64 * 40
+    row = rng.integers(-(2**31), 2**31, k // 8, dtype=np.int64).astype(np.int32)
+    row[:16] = -1  # two chunks of nibbles all 15
+    hi = rng.integers(-127, 128, k).astype(np.int8)
+    lo = rng.integers(-64, 65, k).astype(np.int8)
+    hi[:128], lo[:128] = 127, 64
+    hi[64:128], lo[64:128] = -127, -64
+
+    def chunk(dot):
+        return njit(lambda row, hi, lo, unused, c: dot(row, hi, lo, c))
+    got = _lanes(chunk(qdot._chunk_dot_vnni))(row, hi, lo, row)
+    np.testing.assert_array_equal(got, _lanes(chunk(qdot._chunk_dot_avx2))(row, hi, lo, row))
+    assert np.abs(got).max() > 2**20  # the extremes were reached
+
+    from awqinfer.kernels.simd import load_bytes
+
+    def halves(dot):  # the int8 screen's: |w| (u8, up to 128) against x * sign(w) (s8)
+        return njit(lambda u, s, u2, s2, i: dot(load_bytes(u, 32 * i), load_bytes(s, 32 * i), load_bytes(u2, 32 * i),
+                                                 load_bytes(s2, 32 * i)))
+    u = rng.integers(0, 129, (2, k)).astype(np.uint8)
+    u[:, :32] = 128
+    sx = rng.integers(-127, 128, (2, k)).astype(np.int8)
+    sx[:, :32] = -127
+    np.testing.assert_array_equal(_lanes(halves(qdot._halves_dot_vnni))(u[0], sx[0], u[1], sx[1]),
+                                  _lanes(halves(qdot._halves_dot_avx2))(u[0], sx[0], u[1], sx[1]))

@@ -10,6 +10,8 @@ equivalent), so these few operations are written as LLVM IR through
     load_bytes(a, offset) -> U8x32      32 bytes of any C-contiguous array, from a byte offset
     nibbles(v) -> (lo, hi)              each byte's low and high 4 bits, as bytes 0..15
     madd_u8s8(u, s) -> I16x16           vpmaddubsw: u8 x s8, adjacent pairs summed (saturating)
+    dot_u8s8(acc, u, s) -> I32x8        vpdpbusd (VNNI only): acc + u8 x s8, groups of 4 summed to i32
+    x128_add_i32(a, b), zeros_i32x8()   128 a + b lane-wise; eight i32 zeros
     add_i16(a, b), add_i32(a, b)        lane-wise sums
     load_i32x8(a, offset) -> I32x8      8 int32 of any C-contiguous array, from a byte offset
     halves_i32(a, b) -> I32x8           a in lanes 0-3, b in lanes 4-7 (one per half block)
@@ -30,9 +32,10 @@ equivalent), so these few operations are written as LLVM IR through
                                         (vcvtps2ph; LLVM's own lowering elsewhere)
 
 Each is valid only where ``AVX2`` is True (x86-64 with AVX2, FMA and F16C: every x86 server
-since 2013); kernels/qdot.py picks a plain-loop twin otherwise. No bounds are checked: the
-caller guarantees that ``offset + 32`` bytes (for ``lanes_of``'s loaders, ``count`` elements
-from ``index``) lie inside the array.
+since 2013), ``dot_u8s8`` only where ``VNNI`` is also True (AVX-VNNI, or AVX512-VNNI with VL:
+Ice Lake, Zen 4 and later); kernels/qdot.py picks a plain-loop twin, or the AVX2 one, otherwise.
+No bounds are checked: the caller guarantees that ``offset + 32`` bytes (for ``lanes_of``'s
+loaders, ``count`` elements from ``index``) lie inside the array.
 """
 
 from __future__ import annotations
@@ -137,6 +140,43 @@ def madd_u8s8(typingctx, u, s):
     def codegen(context, builder, sig, args):
         return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16, list(args), [U8x32, U8x32])
     return I16x16(u, s), codegen
+
+
+@intrinsic
+def dot_u8s8(typingctx, acc, u, s):
+    """vpdpbusd (VNNI): lane i = acc[i] + u[4i..4i+3] . s[4i..4i+3], u unsigned, s signed, summed in i32.
+
+    One instruction for what ``madd_pairs(madd_u8s8(u, s))`` does in two (and an add), with no i16
+    saturation on the way; the sums are the same wherever that pair does not saturate. Only where
+    ``VNNI`` is True.
+    """
+    if acc != I32x8 or u != U8x32 or s != U8x32:
+        raise TypingError(f"expected I32x8, U8x32, U8x32, got {acc}, {u}, {s}")
+
+    def codegen(context, builder, sig, args):
+        words = I32x8.llvm()
+        return _x86(builder, "llvm.x86.avx512.vpdpbusd.256", I32x8,
+                    [args[0], builder.bitcast(args[1], words), builder.bitcast(args[2], words)], [I32x8] * 3)
+    return I32x8(acc, u, s), codegen
+
+
+@intrinsic
+def x128_add_i32(typingctx, a, b):
+    """128 a + b, lane-wise i32 (callers keep it in range)."""
+    if a != I32x8 or b != I32x8:
+        raise TypingError(f"expected two I32x8, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.add(builder.shl(args[0], ir.Constant(I32x8.llvm(), [7] * 8)), args[1])
+    return I32x8(a, b), codegen
+
+
+@intrinsic
+def zeros_i32x8(typingctx):
+    """Eight i32 zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(I32x8.llvm(), [0] * 8)
+    return I32x8(), codegen
 
 
 def _madd_by(k: int):
