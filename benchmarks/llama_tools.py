@@ -17,8 +17,9 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
+
+from .measure import child
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,25 +35,12 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _run(cmd: list[str]) -> tuple[str, int]:
-    """stdout and peak RSS (bytes) of a child process; an error if it fails."""
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read()[-2000:]}")
-    return out, usage.ru_maxrss * 1024
-
-
 def llama_bench(gguf: Path, threads: int, prompts=(128, 512), gen: int = 128, depth: int = 0,
                 repetitions: int = 1) -> dict[str, list[float]]:
     """llama-bench's tokens/s per test: 'pp<N>' for each prompt length, 'tg<gen>' (at ``depth`` cached tokens)."""
     cmd = [str(binaries() / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-r", str(repetitions), "-o", "json",
            "-p", ",".join(map(str, prompts)) if prompts else "0", "-n", str(gen), "-d", str(depth)]
-    out, _ = _run(cmd)
+    out = child(cmd)[3]
     results = {}
     for test in json.loads(out):
         key = f"pp{test['n_prompt']}" if test["n_gen"] == 0 else f"tg{test['n_gen']}"
@@ -66,7 +54,7 @@ def batched_bench(gguf: Path, threads: int, parallel=(1, 2, 4, 8, 16), prompt: i
     cmd = [str(binaries() / "llama-batched-bench"), "-m", str(gguf), "-t", str(threads), "-tb", str(threads),
            "-c", str(n_ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt), "-ntg", str(gen),
            "-npl", ",".join(map(str, parallel))]
-    out, _ = _run(cmd)
+    out = child(cmd)[3]
     rows = {}
     for line in out.splitlines():  # |    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s | ...
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -79,4 +67,4 @@ def peak_rss(gguf: Path, threads: int, gen: int = 32) -> int:
     """Peak RSS (bytes) of a llama-bench process generating ``gen`` tokens: llama.cpp's memory for this model."""
     cmd = [str(binaries() / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-r", "1", "-p", "0", "-n", str(gen),
            "-o", "json"]
-    return _run(cmd)[1]
+    return child(cmd)[2]

@@ -65,18 +65,24 @@ def read_bandwidth(gigabytes: float, repeats: int) -> list[float]:
 
 
 def child(cmd: list[str], env: dict | None = None, first_output: bool = False) -> tuple[float, float, int, str]:
-    """Run cmd; return (seconds to first stdout byte, seconds to exit, peak RSS bytes, stdout)."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    first = proc.stdout.read(1) if first_output else b""
-    t_first = time.perf_counter() - t
-    rest = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return t_first, time.perf_counter() - t, usage.ru_maxrss * 1024, (first + rest).decode()
+    """Run cmd; return (seconds to first stdout byte, seconds to exit, peak RSS bytes, stdout).
+
+    Through benchmarks/spawn.py, so that the peak RSS is the command's own and not this process's
+    (spawn.py says why) and both times count from the command's own start.
+    """
+    with tempfile.NamedTemporaryFile("r") as report, tempfile.TemporaryFile("w+b") as err:
+        proc = subprocess.Popen([sys.executable, str(HERE / "spawn.py"), report.name, *cmd], stdout=subprocess.PIPE,
+                                stderr=err, env=env)
+        first = proc.stdout.read(1) if first_output else b""
+        at_first = time.monotonic()
+        rest = proc.stdout.read()
+        proc.wait()
+        done = time.monotonic()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+        start, peak = report.read().split()
+    return at_first - float(start), done - float(start), int(peak), (first + rest).decode()
 
 
 def time_to_first_token(model_arg: list[str], repeats: int, cold_repeats: int) -> dict:

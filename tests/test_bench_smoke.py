@@ -6,6 +6,9 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside tests/, not installed
 
 from benchmarks import batching, report, run  # noqa: E402
@@ -120,3 +123,18 @@ def test_the_batching_aggregate_counts_only_the_time_every_stream_decodes():
     """From the last stream's first chunk (excluded) to the first stream's last: 4 chunks in 1.5 s here."""
     assert batching.all_decoding([[0.0, 1.0, 2.0, 3.0], [1.5, 2.0, 3.0, 4.0]]) == 4 / 1.5
     assert math.isnan(batching.all_decoding([[0.0, 1.0], [2.0, 3.0]]))  # never all decoding at once
+
+
+def test_a_child_process_peak_rss_is_its_own_not_the_benchmarks():
+    """benchmarks' child(): a small command spawned from a large process reads small (Linux's ru_maxrss of a
+    fork child counts its parent's memory: an 857 MB benchmark process once read 857 MB for llama-bench);
+    a command that allocates 160 MB reads at least that; a failure names the command and its stderr."""
+    from benchmarks.measure import child
+
+    ballast = np.ones(300_000_000 // 8)  # this process: 300 MB more, touched
+    t_first, t_exit, peak, out = child([sys.executable, "-c", "print('ready', flush=True)"], first_output=True)
+    assert out == "ready\n" and 0 < t_first <= t_exit and peak < 100e6, (peak, ballast.size)
+    _, _, peak, _ = child([sys.executable, "-c", "import numpy as np; print(np.ones(20_000_000).sum())"])
+    assert peak >= 160e6
+    with pytest.raises(RuntimeError, match="failed \\(3\\): no luck"):
+        child([sys.executable, "-c", "import sys; sys.stderr.write('no luck'); sys.exit(3)"])
