@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .attention import add_weighted
 from .exp import exp_f32
 from .fastmath import FASTMATH
-from .attention import add_weighted
 from .kv import kv_read
 
 ATTN_CHUNK = 256  # cache positions per attention task: short contexts stay one task per KV head
