@@ -10,14 +10,14 @@ fixed point per 64 inputs for AWQ, int8 for the lm_head's screen).
 import numpy as np
 import pytest
 
-from awqinfer.kernels import qdot, simd
-from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, STEP, awq_matvec_q, int8_matvec_q, quantize_rows, \
-    to_kernel_order
+from awqinfer.kernels import int8_screen, qdot, simd
+from awqinfer.kernels.int8_screen import int8_matvec_q
+from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, STEP, awq_matvec_q, quantize_rows, to_kernel_order
 from oracle import kernel_layout_weight
 from test_kernels_fast import _kernel_layout
 
 AWQ_TWINS = [qdot._awq_rows_plain] + ([qdot._awq_rows_simd] if simd.AVX2 else [])
-INT8_TWINS = [qdot._int8_rows_plain] + ([qdot._int8_rows_simd] if simd.AVX2 else [])
+INT8_TWINS = [int8_screen._int8_rows_plain] + ([int8_screen._int8_rows_simd] if simd.AVX2 else [])
 
 
 def _quantize(x):
@@ -117,7 +117,7 @@ def test_awq_q8_extremes_do_not_overflow(monkeypatch, rows, group):
 @pytest.mark.parametrize("rows", INT8_TWINS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("n,k", [(5, 64), (131, 576), (64, 1024)])
 def test_int8_q8_matches_numpy_for_1_to_17_rows(monkeypatch, rows, n, k):
-    monkeypatch.setattr(qdot, "int8_rows_q", rows)
+    monkeypatch.setattr(int8_screen, "int8_rows_q", rows)
     rng = np.random.default_rng(n + k)
     q8 = rng.integers(-127, 128, (n, k)).astype(np.int8)
     wscale = rng.uniform(0.001, 0.02, n).astype(np.float32)
@@ -234,5 +234,5 @@ def test_vnni_dots_equal_the_avx2_ones_lane_by_lane():
     u[:, :32] = 128
     sx = rng.integers(-127, 128, (2, k)).astype(np.int8)
     sx[:, :32] = -127
-    np.testing.assert_array_equal(_lanes(halves(qdot._halves_dot_vnni))(u[0], sx[0], u[1], sx[1]),
-                                  _lanes(halves(qdot._halves_dot_avx2))(u[0], sx[0], u[1], sx[1]))
+    np.testing.assert_array_equal(_lanes(halves(int8_screen._halves_dot_vnni))(u[0], sx[0], u[1], sx[1]),
+                                  _lanes(halves(int8_screen._halves_dot_avx2))(u[0], sx[0], u[1], sx[1]))

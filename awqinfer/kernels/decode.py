@@ -63,9 +63,10 @@ from .attention import store_kv
 from .awq import GEMV_CHUNKS
 from .decode_attention import attend_rows
 from .dense import dense_gemv, widen
+from .int8_screen import int8_matvec_q
 from .lora import lora_add
 from .norm import rmsnorm
-from .qdot import ACT_BLOCK, awq_matvec_q, int8_matvec_q, quantize_rows
+from .qdot import ACT_BLOCK, awq_matvec_q, quantize_rows
 from .rope import apply_rope
 
 RESCORE = 32  # with an int8 lm_head: the top candidates recomputed from the f32 weights

@@ -1,4 +1,4 @@
-"""Integer-dot GEMVs for decoding: fixed-point activations against 4-bit AWQ or int8 weights, B rows per call.
+"""Integer-dot GEMVs for decoding: fixed-point activations against 4-bit AWQ weights, B rows per call.
 
 A one-token 4-bit GEMV spends its time unpacking nibbles into floats (docs/PERFORMANCE.md,
 4-bit GEMV item 6). Here the activations are converted instead, once per call, and each
@@ -13,7 +13,7 @@ weight byte is then two byte products: q.v = 128 (q.hi) + (q.lo), summed by ``vp
 greedy tokens stay the f32 reference's (with int8 activations alone, as llama.cpp's Q8, error
 ~0.5%, the default model's greedy text parted from the reference's within 10-17 tokens on 3
 of 6 test prompts). The hi digits alone are an int8 quantization with scale 128 xs: the int8
-lm_head's screen reads just those.
+lm_head's screen (kernels/int8_screen.py) reads just those.
 
     y[b, n] = sum_c  s[n, g] * xs[b, c] * ((q[n] . v[b])_c  -  z[n, g] * sum(v[b])_c)
 
@@ -39,14 +39,13 @@ ones. Activations are converted into that order ("kernel order": per block, the 
 then the 32 odd), so unpacking is one AND and one shift per 32 bytes; the int8 lm_head's
 columns are permuted to the same order at load (``to_kernel_order``).
 
-Batch-ready. Every kernel takes B activation rows (xq (B, 2, K)) and writes out (B, N). The AWQ
-kernel computes each (weight row, activation row) pair with the same function at any B (batch
-invariance), its weight rows in blocks that stay in cache while every activation row passes; the
-int8 kernel uses each 32-byte chunk for up to 4 activation rows held in registers. The SIMD kernels
-need AVX2 (kernels/simd.py); elsewhere plain-loop twins of the same signature run, chosen when this
-module is imported. Both are tested against numpy. Where the CPU also has VNNI, ``vpdpbusd`` sums each
-digit's byte products straight into i32 lanes (``_chunk_dot_vnni``, ``_halves_dot_vnni``): the same
-integers as the AVX2 pairs of instructions, so the same outputs bit for bit, 1.1-1.2x faster.
+Batch-ready. The kernel takes B activation rows (xq (B, 2, K)) and writes out (B, N). It
+computes each (weight row, activation row) pair with the same function at any B (batch
+invariance), its weight rows in blocks that stay in cache while every activation row passes. The
+SIMD kernel needs AVX2 (kernels/simd.py); elsewhere a plain-loop twin of the same signature runs,
+chosen when this module is imported. Both are tested against numpy. Where the CPU also has VNNI,
+``vpdpbusd`` sums each digit's byte products straight into i32 lanes (``_chunk_dot_vnni``): the
+same integers as the AVX2 pairs of instructions, so the same outputs bit for bit, 1.1-1.2x faster.
 """
 
 from __future__ import annotations
@@ -55,9 +54,9 @@ import numpy as np
 from numba import njit, prange
 
 from .fastmath import FASTMATH
-from .simd import AVX2, VNNI, abs_i8, add_i16, add_i32, dot_u8s8, f32x8, hadd_i32, halves_i32, hsum, i32x8, \
+from .simd import AVX2, VNNI, add_i16, add_i32, dot_u8s8, f32x8, hadd_i32, halves_i32, hsum, i32x8, \
     lanes_of, load_bytes, load_i32x8, madd_pairs, madd_pairs_x128, madd_u8s8, mul_f32, mul_i32, nibbles, scale_add, \
-    scale_add_lanes, sign_i8, x128_add_i32, zeros_f32x8, zeros_i32x8
+    scale_add_lanes, x128_add_i32, zeros_f32x8, zeros_i32x8
 
 ACT_BLOCK = 64  # inputs per activation scale: one 32-byte chunk of 4-bit weights
 DIGIT = 128  # v = DIGIT * hi + lo
@@ -331,96 +330,3 @@ def awq_matvec_q(xq, xscale, xsum, qweight, scales, zeros, out, n_tasks):
     n_out = qweight.shape[0]
     for t in prange(n_tasks):
         awq_rows_q(xq, xscale, xsum, qweight, scales, zeros, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
-
-
-# --- int8 weights (the lm_head's screen) ------------------------------------------------------------
-
-
-@njit(inline="always")
-def _halves_dot_avx2(u0, s0, u1, s1):
-    """I32x8: u0 . s0 + u1 . s1 (u8 x s8, 32 bytes each), each lane summing four bytes of each; nothing
-    saturates for |s| <= 127 and u <= 128."""
-    return add_i32(madd_pairs(madd_u8s8(u0, s0)), madd_pairs(madd_u8s8(u1, s1)))
-
-
-@njit(inline="always")
-def _halves_dot_vnni(u0, s0, u1, s1):
-    """_halves_dot_avx2 with VNNI's ``vpdpbusd``: the same sums in two instructions instead of five."""
-    return dot_u8s8(dot_u8s8(zeros_i32x8(), u0, s0), u1, s1)
-
-
-_halves_dot = _halves_dot_vnni if VNNI else _halves_dot_avx2  # bit for bit the same I32x8
-
-
-@njit(inline="always")
-def _int8_block(acc, u0, w0, u1, w1, x_hi, c, xs):
-    """acc + block c's products scaled by xs: weights w0, w1 (and |w|: u0, u1) in two 32-byte halves, s8 x s8."""
-    d = _halves_dot(u0, sign_i8(load_bytes(x_hi, 64 * c), w0), u1, sign_i8(load_bytes(x_hi, 64 * c + 32), w1))
-    return scale_add(acc, d, xs, xs)
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _int8_rows_simd(xq, xscale, q8, wscale, lo, hi, out):
-    """out[:, lo:hi] for the rows lo..hi-1 of int8 weights: s8 x s8 as |w| x (x * sign w), up to 4 rows a pass."""
-    n_rows_b = xq.shape[0]
-    n_blocks = q8.shape[1] // ACT_BLOCK
-    for n0 in range(lo, hi, ROW_BLOCK):
-        for b0 in range(0, n_rows_b, 4):
-            m = min(4, n_rows_b - b0)
-            x0, x1, x2, x3 = xq[b0, 0], xq[b0 + min(1, m - 1), 0], xq[b0 + min(2, m - 1), 0], xq[b0 + min(3, m - 1), 0]
-            for n in range(n0, min(hi, n0 + ROW_BLOCK)):
-                row = q8[n]
-                a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-                for c in range(n_blocks):
-                    w0 = load_bytes(row, 64 * c)
-                    w1 = load_bytes(row, 64 * c + 32)
-                    u0, u1 = abs_i8(w0), abs_i8(w1)
-                    a0 = _int8_block(a0, u0, w0, u1, w1, x0, c, xscale[b0, c])
-                    if m > 1:
-                        a1 = _int8_block(a1, u0, w0, u1, w1, x1, c, xscale[b0 + 1, c])
-                    if m > 2:
-                        a2 = _int8_block(a2, u0, w0, u1, w1, x2, c, xscale[b0 + 2, c])
-                    if m > 3:
-                        a3 = _int8_block(a3, u0, w0, u1, w1, x3, c, xscale[b0 + 3, c])
-                scale = wscale[n] * np.float32(DIGIT)
-                out[b0, n] = hsum(a0) * scale
-                if m > 1:
-                    out[b0 + 1, n] = hsum(a1) * scale
-                if m > 2:
-                    out[b0 + 2, n] = hsum(a2) * scale
-                if m > 3:
-                    out[b0 + 3, n] = hsum(a3) * scale
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _int8_rows_plain(xq, xscale, q8, wscale, lo, hi, out):
-    """_int8_rows_simd in plain loops (CPUs without AVX2): same arguments, same result."""
-    n_rows_b = xq.shape[0]
-    n_blocks = q8.shape[1] // ACT_BLOCK
-    for n in range(lo, hi):
-        row = q8[n]
-        for b in range(n_rows_b):
-            x_hi = xq[b, 0]
-            total = np.float32(0.0)
-            for c in range(n_blocks):
-                dot = np.int32(0)
-                for i in range(c * ACT_BLOCK, (c + 1) * ACT_BLOCK):
-                    dot += np.int32(row[i]) * np.int32(x_hi[i])
-                total += np.float32(dot) * xscale[b, c]
-            out[b, n] = total * wscale[n] * np.float32(DIGIT)
-
-
-int8_rows_q = _int8_rows_simd if AVX2 else _int8_rows_plain
-
-
-@njit(cache=True, parallel=True, fastmath=FASTMATH, nogil=True)
-def int8_matvec_q(xq, xscale, q8, wscale, out, n_tasks):
-    """out ~= X @ W^T for int8 weights and the hi digits of X (an int8 screen), in ``n_tasks`` parallel ranges.
-
-    xq (B, 2, K) int8 and xscale (B, K/64) f32 from ``quantize_rows`` (only xq[:, 0] is read: x
-    rounded to int8 with scale 128 xscale); q8 (N, K) int8 with columns in kernel order
-    (``to_kernel_order``); wscale (N,) f32 per output row; out (B, N) f32.
-    """
-    n_out = q8.shape[0]
-    for t in prange(n_tasks):
-        int8_rows_q(xq, xscale, q8, wscale, t * n_out // n_tasks, (t + 1) * n_out // n_tasks, out)
