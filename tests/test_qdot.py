@@ -9,10 +9,12 @@ fixed point per 64 inputs for AWQ, int8 for the lm_head's screen).
 
 import numpy as np
 import pytest
+from numba import njit
 
 from awqinfer.kernels import int8_screen, qdot, simd
 from awqinfer.kernels.int8_screen import int8_matvec_q
 from awqinfer.kernels.qdot import ACT_BLOCK, DIGIT, FIXED_MAX, STEP, awq_matvec_q, quantize_rows, to_kernel_order
+from awqinfer.kernels.simd import f32x8, hsum, load_bytes, scale_add_lanes, zeros_f32x8
 from oracle import kernel_layout_weight
 from test_kernels_fast import _kernel_layout
 
@@ -168,8 +170,6 @@ def test_activation_conversion_error_is_within_the_documented_bound():
 
 def test_half_to_f32_is_exact_on_every_half():
     """Both ways of widening IEEE halves (F16C and integer operations) give numpy's value for all 65536."""
-    from numba import njit
-
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     want = bits.view(np.float16).astype(np.float32)
     for widen in [simd._half_to_f32_plain] + ([simd._half_to_f32_f16c] if simd.AVX2 else []):
@@ -187,10 +187,6 @@ def test_half_to_f32_is_exact_on_every_half():
 def _lanes(dot):
     """A compiled f(a, b, c, d) -> (n, 8) f32: ``dot(a, b, c, d, i)``'s I32x8 for i = 0..n-1, lane
     by lane, n = a.nbytes // 32 (every lane here is below 2^24 in magnitude: exact as f32)."""
-    from numba import njit
-
-    from awqinfer.kernels.simd import f32x8, hsum, scale_add_lanes, zeros_f32x8
-
     @njit
     def lanes(a, b, c, d):
         out = np.zeros((a.nbytes // 32, 8), np.float32)
@@ -208,8 +204,6 @@ def _lanes(dot):
 def test_vnni_dots_equal_the_avx2_ones_lane_by_lane():
     """The VNNI byte products (``vpdpbusd``) give the very I32x8 the AVX2 ones do, at the digits' and weights'
     extremes too: so every kernel's output is the same bit for bit on either path."""
-    from numba import njit
-
     rng = np.random.default_rng(11)
     k = 64 * 40
     row = rng.integers(-(2**31), 2**31, k // 8, dtype=np.int64).astype(np.int32)
@@ -224,8 +218,6 @@ def test_vnni_dots_equal_the_avx2_ones_lane_by_lane():
     got = _lanes(chunk(qdot._chunk_dot_vnni))(row, hi, lo, row)
     np.testing.assert_array_equal(got, _lanes(chunk(qdot._chunk_dot_avx2))(row, hi, lo, row))
     assert np.abs(got).max() > 2**20  # the extremes were reached
-
-    from awqinfer.kernels.simd import load_bytes
 
     def halves(dot):  # the int8 screen's: |w| (u8, up to 128) against x * sign(w) (s8)
         return njit(lambda u, s, u2, s2, i: dot(load_bytes(u, 32 * i), load_bytes(s, 32 * i), load_bytes(u2, 32 * i),
